@@ -1,0 +1,168 @@
+"""Typed, lazy registries of components.
+
+A plugin registers a component with ``register(name, target, **meta)`` where ``target`` is a callable
+(class or factory function) or a ``"module:attr"`` string imported only when a case uses it, so listing
+plugins stays cheap. Unknown names raise :class:`~bench.errors.UnknownComponentError` with a
+"did you mean" hint.
+
+A factory's signature is its parameter schema: annotated parameters are validated by pydantic before
+any case runs (``Annotated[int, Field(gt=0)]`` gives range checks for free), parameters without a
+default are required, and unknown parameters are errors unless the factory takes ``**kwargs``. A
+parameter named ``context`` is reserved: bench passes a :class:`~bench.context.BuildContext` there.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pydantic
+
+from .errors import UnknownComponentError, UserError
+
+KINDS = ("dataset", "noise", "schedule", "family", "sampler", "network", "metric",
+         "feature_extractor", "executor")
+
+RESERVED_PARAMS = ("context",)
+
+
+@dataclass
+class Entry:
+    """One registered component: where it lives, who registered it, and what it declares."""
+
+    kind: str
+    name: str
+    target: Any
+    plugin: str = "?"
+    defaults: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    _resolved: Any = None
+
+    def load(self) -> Callable[..., Any]:
+        """Import the target if it is a ``"module:attr"`` string; return the factory."""
+        if self._resolved is None:
+            target = self.target
+            if isinstance(target, str):
+                module_name, _, attr = target.partition(":")
+                if not attr:
+                    raise ValueError(f"{self.kind} '{self.name}': target must be 'module:attr', got {target!r}")
+                obj: Any = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+                target = obj
+            if not callable(target):
+                raise TypeError(f"{self.kind} '{self.name}' target {target!r} is not callable")
+            self._resolved = target
+        return self._resolved
+
+    def param_model(self) -> type[pydantic.BaseModel]:
+        """A pydantic model built from the factory signature (see module docstring)."""
+        factory = self.load()
+        sig = inspect.signature(factory)
+        fields: dict[str, Any] = {}
+        extra = "forbid"
+        for p in sig.parameters.values():
+            if p.name in RESERVED_PARAMS or p.kind is p.VAR_POSITIONAL:
+                continue
+            if p.kind is p.VAR_KEYWORD:
+                extra = "allow"
+                continue
+            ann = Any if p.annotation is inspect.Parameter.empty else p.annotation
+            default = ... if p.default is inspect.Parameter.empty else p.default
+            fields[p.name] = (ann, default)
+        config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True)
+        return pydantic.create_model(f"{self.kind}_{self.name}_params".replace("/", "_").replace("-", "_"),
+                                     __config__=config, **fields)
+
+    def accepts_context(self) -> bool:
+        return "context" in inspect.signature(self.load()).parameters
+
+
+class Registry:
+    """The components of one kind."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: Any, *, plugin: str = "?", defaults: dict | None = None,
+                 **meta: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries and self._entries[name].plugin != plugin:
+            raise ValueError(f"{self.kind} '{name}' is registered twice "
+                             f"(by '{self._entries[name].plugin}' and '{plugin}')")
+        self._entries[name] = Entry(self.kind, name, target, plugin, dict(defaults or {}), meta)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entry(self, name: str, location=None) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownComponentError(self.kind, name, self._entries, location) from None
+
+    def validate(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``params`` against the factory signature; return them coerced.
+
+        Raises :class:`pydantic.ValidationError` (the suite layer maps its ``loc`` to file:line).
+        """
+        entry = self.entry(name)
+        merged = {**entry.defaults, **params}
+        model = entry.param_model()
+        validated = model.model_validate(merged)
+        out = {k: getattr(validated, k) for k in validated.model_fields_set if k in model.model_fields}
+        out.update({k: v for k, v in (validated.model_extra or {}).items()})
+        return {k: out[k] for k in merged if k in out}
+
+    def create(self, spec: dict[str, Any], context: Any = None) -> Any:
+        """Build a component from ``{"name": ..., **params}``; pass ``context`` if accepted."""
+        spec = dict(spec)
+        name = spec.pop("name")
+        spec.pop("id", None)
+        entry = self.entry(name)
+        params = {**entry.defaults, **spec}
+        factory = entry.load()
+        if entry.accepts_context():
+            params["context"] = context
+        obj = factory(**params)
+        try:
+            obj.bench_spec = {"name": name, **{k: v for k, v in spec.items()}}
+        except AttributeError:  # objects with __slots__ or builtins
+            pass
+        return obj
+
+
+class Registries:
+    """One :class:`Registry` per component kind, addressed as ``regs.sampler`` or ``regs["sampler"]``."""
+
+    def __init__(self) -> None:
+        self._by_kind = {kind: Registry(kind) for kind in KINDS}
+
+    def __getitem__(self, kind: str) -> Registry:
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise UserError(f"unknown component kind '{kind}'", hint=f"kinds: {', '.join(KINDS)}") from None
+
+    def __getattr__(self, kind: str) -> Registry:
+        if kind.startswith("_"):
+            raise AttributeError(kind)
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise AttributeError(kind) from None
+
+    def items(self):
+        return self._by_kind.items()

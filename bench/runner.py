@@ -1,0 +1,373 @@
+"""One case: build -> train or load -> sample -> measure -> record.
+
+``run_case(job)`` is what executors call (in this process, a worker process or a Ray task); it
+returns the case record, a plain JSON-able dict, and never raises for a failing case: the failure is
+the record's ``status`` with the traceback written next to it. Only KeyboardInterrupt/SystemExit
+propagate (after the record is marked ``killed``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import plots
+from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
+from .errors import BudgetExceeded, CaseFailed
+from .hookspecs import hookimpl
+from .rng import BatchRNG, PerSampleRNG, derive_seed
+from .store import Store, content_key
+from .suite import Case, dump_yaml, label
+from .timing import NFECounter, PhaseTimer, peak_rss_mb
+
+
+@dataclass
+class RunSettings:
+    """Everything a worker needs besides the case (picklable)."""
+
+    store: str
+    results_dir: str
+    plugins: tuple[str, ...] = ()
+    quiet: bool = False
+    threads: int | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class CaseJob:
+    case: dict[str, Any]
+    settings: RunSettings
+    index: int = 0
+    total: int = 1
+
+
+def case_slug(case_id: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in case_id.replace("/", "__"))
+    return out[:150] + "-" + content_key(case_id)[:8] if len(out) > 160 else out
+
+
+def run_case(job: CaseJob) -> dict[str, Any]:
+    """Entry point for executors: run the case through the ``bench_run_case`` hook chain."""
+    from .plugins import get_manager
+
+    if job.settings.threads:
+        torch.set_num_threads(job.settings.threads)
+    manager = get_manager(job.settings.plugins)
+    case = Case.from_dict(job.case)
+    return manager.hook.bench_run_case(case=case, context=job)
+
+
+@hookimpl
+def bench_run_case(case: Case, context: CaseJob) -> dict[str, Any]:
+    return CaseRunner(case, context).run()
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+class _Deadline:
+    def __init__(self, timeout_s: float | None):
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+
+    def check(self, where: str) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise BudgetExceeded(f"time budget of {self.timeout_s:g} s exceeded during {where}")
+
+
+@dataclass
+class CaseRunner:
+    case: Case
+    job: CaseJob
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    metrics: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .plugins import get_manager
+
+        self.manager = get_manager(self.job.settings.plugins)
+        self.regs = self.manager.registries
+        self.store = Store(self.job.settings.store)
+        self.dir = Path(self.job.settings.results_dir) / "cases" / case_slug(self.case.id)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.deadline = _Deadline(self.case.budget.get("timeout_s"))
+        self.trained = False
+        self.skipped = dict(self.case.skipped_metrics)
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, message: str) -> None:
+        self.notes.append(message)
+
+    def progress(self, iterable, desc: str = "", total: int | None = None):
+        if self.job.settings.quiet:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=0.5, dynamic_ncols=True)
+
+    def build(self, kind: str, spec: dict[str, Any], ctx: BuildContext) -> Any:
+        return self.regs[kind].create(spec, context=ctx)
+
+    # ------------------------------------------------------------------ phases
+    def load_dataset(self):
+        key = content_key(self.case.dataset, self.case.seed)
+        if key not in _DATASETS:
+            ctx = BuildContext(None, self.case.seed, self.store, self.build, self.progress, self.log)
+            with self.timer.phase("data"):
+                _DATASETS[key] = self.regs.dataset.create(self.case.dataset, context=ctx)
+        return _DATASETS[key]
+
+    def train_or_load(self, family: torch.nn.Module, dataset) -> None:
+        trainable = getattr(family, "trainable", True) and any(p.requires_grad for p in family.parameters())
+        if not trainable or self.case.train["steps"] == 0:
+            self.log("family is not trained (trainable=False or train.steps=0)")
+            return
+        key = self.case.train_key
+        self.metrics["num_params"] = float(sum(p.numel() for p in family.parameters()))
+        with self.store.lock("checkpoints", key):
+            entry = self.store.get("checkpoints", key)
+            if entry is None:
+                self.trained = True
+                with self.timer.phase("train"):
+                    state = self._train(family, dataset)
+                self.store.put("checkpoints", key, lambda d: torch.save(state, d / "checkpoint.pt"),
+                               meta={"case": self.case.id, "train": self.case.train})
+            else:
+                state = torch.load(entry / "checkpoint.pt", map_location="cpu", weights_only=True)
+        self.metrics["train_time_s"] = float(state["train_time_s"])
+        self.metrics["final_loss"] = float(state["loss_curve"][-1][1]) if state["loss_curve"] else math.nan
+        self.series["train_loss"] = [tuple(x) for x in state["loss_curve"]]
+        family.load_state_dict(state["ema_state"] if state.get("ema_state") else state["state"])
+
+    def _train(self, family: torch.nn.Module, dataset) -> dict[str, Any]:
+        cfg = self.case.train
+        data = dataset.split("train")
+        params = [p for p in family.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        ema = [p.detach().clone() for p in params] if cfg["ema"] > 0 else None
+        gen = torch.Generator().manual_seed(derive_seed(self.case.seed, "train-batches"))
+        rng = BatchRNG(derive_seed(self.case.seed, "train-noise"), cfg["batch_size"])
+        steps = cfg["steps"]
+        log_every = cfg["log_every"] or max(1, steps // 200)
+        curve: list[list[float]] = []
+        running, count = 0.0, 0
+        family.train()
+        start = time.perf_counter()
+        bar = self.progress(range(steps), desc=f"train {label(self.case.family)}", total=steps)
+        for step in bar:
+            idx = torch.randint(len(data), (cfg["batch_size"],), generator=gen)
+            x = data[idx]
+            if cfg["warmup"]:
+                for group in opt.param_groups:
+                    group["lr"] = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
+            loss = family.loss(x, rng.with_batch(len(x)))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise CaseFailed(f"training loss became {value} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+            opt.step()
+            if ema is not None:
+                # EMA with the usual warm-up, so short runs are not dominated by the initial weights
+                decay = min(cfg["ema"], (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            running += value
+            count += 1
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                curve.append([step + 1, running / count])
+                running, count = 0.0, 0
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+                self.deadline.check("training")
+        elapsed = time.perf_counter() - start
+        family.eval()
+        state = {k: v.detach().clone() for k, v in family.state_dict().items()}
+        ema_state = None
+        if ema is not None:
+            with torch.no_grad():
+                saved = [p.detach().clone() for p in params]
+                for p, e in zip(params, ema):
+                    p.copy_(e)
+                ema_state = {k: v.detach().clone() for k, v in family.state_dict().items()}
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+        return {"state": state, "ema_state": ema_state, "loss_curve": curve,
+                "train_time_s": elapsed, "steps": steps}
+
+    def sample(self, family, sampler, n: int, start_index: int = 0, stream: str = "sample") -> SampleOutput:
+        bs = self.case.eval["batch_size"]
+        limit = self.case.budget.get("max_nfe")
+
+        def exceeded(calls: int) -> None:
+            raise BudgetExceeded(f"NFE budget of {limit} exceeded ({calls} network calls in one batch)")
+
+        counter = NFECounter(limit, exceeded)
+        deadline = self.deadline
+        outs, batches = [], 0
+        grad = bool(getattr(sampler, "needs_grad", False))
+        modules = list(family.nfe_modules())
+        check = [m.register_forward_pre_hook(lambda *_: deadline.check("sampling")) for m in modules[:1]]
+        try:
+            start = time.perf_counter()
+            with counter.attached(modules), torch.set_grad_enabled(grad):
+                for lo in range(start_index, start_index + n, bs):
+                    idx = range(lo, min(start_index + n, lo + bs))
+                    rng = PerSampleRNG.for_indices(self.case.seed, idx, stream=stream)
+                    counter.new_batch()
+                    x = sampler.sample(family, rng)
+                    outs.append(x.detach())
+                    batches += 1
+            seconds = time.perf_counter() - start
+        finally:
+            for h in check:
+                h.remove()
+        samples = torch.cat(outs)
+        return SampleOutput(samples, seconds, counter.calls / max(batches, 1))
+
+    def run_metrics(self, family, sampler, dataset, samples, ctx: BuildContext) -> None:
+        def resample(n: int) -> SampleOutput:
+            if sampler is None:
+                raise MetricSkipped("the case has no sampler")
+            return self.sample(family, sampler, n, start_index=10**9, stream="timing")
+
+        for spec in self.case.metrics:
+            name = label(spec)
+            if name in self.skipped:
+                continue
+            self.deadline.check(f"metric {name}")
+            metric = self.regs.metric.create(spec, context=ctx)
+            mdir = self.dir / "artifacts"
+            mdir.mkdir(exist_ok=True)
+            mctx = MetricContext(samples, dataset, family, sampler,
+                                 {k: v for k, v in spec.items() if k not in ("name", "id")},
+                                 self.case.seed, self.store, mdir, ctx, resample,
+                                 dict(self.timer.seconds), self.metrics.get("nfe"), self.case.config())
+            try:
+                with self.timer.phase(f"metric:{name}"):
+                    values = metric.compute(mctx)
+            except MetricSkipped as exc:
+                self.skipped[name] = str(exc) or "not applicable"
+                continue
+            for k, v in (values or {}).items():
+                self.metrics[k] = float(v)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict[str, Any]:
+        case = self.case
+        record: dict[str, Any] = {"case_id": case.id, "case_hash": case.hash, "train_key": case.train_key,
+                                  "status": "running", "labels": case.labels(), "config": case.config(), "versions": case.versions,
+                                  "started": time.time()}
+        (self.dir / "case.yaml").write_text(dump_yaml({"id": case.id, "hash": case.hash, **case.config()}))
+        torch.manual_seed(derive_seed(case.seed, "torch-global"))
+        try:
+            dataset = self.load_dataset()
+            ctx = BuildContext(dataset.info, case.seed, self.store, self.build, self.progress, self.log,
+                               dataset=dataset)
+            with self.timer.phase("build"):
+                family = self.regs.family.create(case.family, context=ctx)
+            self.train_or_load(family, dataset)
+            family.eval()
+            self._describe(family, "family")
+            sampler, samples = None, None
+            if case.sampler is not None:
+                sampler = self.regs.sampler.create(case.sampler, context=ctx)
+                self._describe(sampler, "sampler")
+                out = self.sample(family, sampler, case.eval["num_samples"])
+                samples = out.samples
+                if not torch.isfinite(samples).all():
+                    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+                    raise CaseFailed(f"sampler produced non-finite values in {bad} of {len(samples)} samples")
+                self.timer.seconds["sample"] = out.seconds
+                self.metrics.update({"sample_time_s": out.seconds, "nfe": out.nfe,
+                                     "samples_per_s": len(samples) / max(out.seconds, 1e-12),
+                                     "num_samples": float(len(samples))})
+                if out.nfe:
+                    batches = math.ceil(len(samples) / case.eval["batch_size"])
+                    self.metrics["ms_per_nfe"] = 1000 * out.seconds / (out.nfe * batches)
+                if getattr(sampler, "steps", None) is not None:
+                    self.metrics["steps"] = float(sampler.steps)
+                self._grid(samples, dataset)
+            self.run_metrics(family, sampler, dataset, samples, ctx)
+            record["status"] = "ok"
+        except (KeyboardInterrupt, SystemExit):
+            record["status"] = "killed"
+            record["error"] = "interrupted"
+            self._finish(record)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a failing case must not stop the suite
+            record["status"] = "failed"
+            record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            (self.dir / "traceback.txt").write_text(traceback.format_exc())
+            self.artifacts.append("traceback.txt")
+        return self._finish(record)
+
+    def _describe(self, obj, what: str) -> None:
+        if hasattr(obj, "describe"):
+            try:
+                desc = obj.describe()
+            except Exception as exc:  # provenance must not fail a case
+                desc = {"error": f"describe() failed: {exc}"}
+            path = self.dir / f"{what}.json"
+            path.write_text(json.dumps(desc, indent=1, default=_jsonable))
+            self.artifacts.append(path.name)
+
+    def _grid(self, samples: torch.Tensor, dataset) -> None:
+        n = self.case.eval["grid"]
+        if n <= 0:
+            return
+        try:
+            reference = dataset.split("test")
+        except Exception:
+            reference = None
+        path = self.dir / "samples.png"
+        if plots.sample_figure(samples[:max(n, 2000) if dataset.info.modality == "points" else n],
+                               dataset.info, path, reference=reference, title=self.case.id):
+            self.artifacts.append(path.name)
+
+    def _finish(self, record: dict[str, Any]) -> dict[str, Any]:
+        record["finished"] = time.time()
+        self.metrics["peak_rss_mb"] = peak_rss_mb()
+        for phase, secs in self.timer.seconds.items():
+            if phase.startswith("metric:"):
+                self.metrics["metric_time_s"] = self.metrics.get("metric_time_s", 0.0) + secs
+        record.update({"metrics": {k: v for k, v in self.metrics.items()},
+                       "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
+                       "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid()})
+        if self.series.get("train_loss"):
+            path = self.dir / "loss.png"
+            with contextlib.suppress(Exception):
+                plots.loss_curve(self.series["train_loss"], path, self.case.id)
+                self.artifacts.append(path.name)
+        (self.dir / "metrics.json").write_text(json.dumps(record["metrics"], indent=1, default=_jsonable))
+        adir = self.dir / "artifacts"
+        extra = [f"artifacts/{p.name}" for p in sorted(adir.iterdir())] if adir.exists() else []
+        record["artifacts"] = ["case.yaml", "metrics.json", *self.artifacts, *extra]
+        record["case_dir"] = str(self.dir)
+        tmp = self.dir / "record.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
+        os.replace(tmp, self.dir / "record.json")
+        return record
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,592 @@
+"""Suites: schema, ``include:``, ``--set`` overrides, matrix expansion, case ids and hashes.
+
+A suite is parsed with ``yaml.safe_load`` semantics (see :mod:`bench.yamlload`), merged with the
+suites it includes (local keys win; cycles are errors), validated by pydantic, and expanded into
+:class:`Case` objects. Incompatible combinations (a sampler that requires a capability the family
+does not provide, a family that does not handle the dataset's modality) are pruned here, before
+anything runs, and reported by ``--dry-run``.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import Location, SuiteError, UnknownComponentError, did_you_mean
+from .registry import Registries
+from .store import content_key
+from .yamlload import Positions, load_yaml_file, load_yaml_text, locate
+
+NAME_RE = r"^[A-Za-z0-9_.\-]+$"
+
+# ----------------------------------------------------------------------------- schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    """Training: ``steps`` optimiser steps of Adam on minibatches, with an EMA of the weights."""
+
+    steps: Annotated[int, Field(ge=0)] = 1000
+    batch_size: Annotated[int, Field(gt=0)] = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    grad_clip: Optional[Annotated[float, Field(gt=0)]] = 1.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    warmup: Annotated[int, Field(ge=0)] = 0
+    log_every: Optional[Annotated[int, Field(gt=0)]] = None
+
+
+class EvalConfig(_Strict):
+    """Evaluation: how many samples, in what batches, and how many go into the sample grid."""
+
+    num_samples: Annotated[int, Field(gt=0)] = 1000
+    batch_size: Annotated[int, Field(gt=0)] = 500
+    grid: Annotated[int, Field(ge=0)] = 64
+
+
+class BudgetConfig(_Strict):
+    """Per-case budgets: a case past either fails (the suite goes on)."""
+
+    timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+    max_nfe: Optional[Annotated[int, Field(gt=0)]] = None
+
+
+class Defaults(_Strict):
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+
+class TrackingConfig(_Strict):
+    experiment: Optional[Annotated[str, Field(min_length=1)]] = None
+    uri: Optional[str] = None
+
+
+Spec = Union[str, dict[str, Any]]
+
+
+class Matrix(_Strict):
+    dataset: Annotated[list[Spec], Field(min_length=1)]
+    family: Annotated[list[Spec], Field(min_length=1)]
+    sampler: Optional[list[Optional[Spec]]] = None
+    seed: Optional[Annotated[list[int], Field(min_length=1)]] = None
+
+
+class SuiteModel(_Strict):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    description: str = ""
+    seed: int = 0
+    include: Union[str, list[str], None] = None
+    tracking: TrackingConfig = TrackingConfig()
+    store: str = ".bench-store"
+    results: str = "results"
+    defaults: Defaults = Defaults()
+    matrix: Matrix
+    metrics: list[Spec] = []
+    exclude: list[dict[str, Any]] = []
+    include_cases: list[dict[str, Any]] = []
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    """One (dataset, family, sampler, seed) combination with everything resolved."""
+
+    suite: str
+    dataset: dict[str, Any]
+    family: dict[str, Any]
+    sampler: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    budget: dict[str, Any]
+    seed: int
+    versions: dict[str, str] = field(default_factory=dict)
+    skipped_metrics: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        parts = [self.suite, label(self.dataset), label(self.family)]
+        parts.append(label(self.sampler) if self.sampler else "no-sampler")
+        parts.append(f"seed={self.seed}")
+        return "/".join(parts)
+
+    def labels(self) -> dict[str, str]:
+        return {"dataset": label(self.dataset), "family": label(self.family),
+                "sampler": label(self.sampler) if self.sampler else "none", "seed": str(self.seed)}
+
+    def config(self) -> dict[str, Any]:
+        """The resolved case config: what is hashed, logged as params and written as YAML."""
+        return {"dataset": self.dataset, "family": self.family, "sampler": self.sampler,
+                "metrics": self.metrics, "train": self.train, "eval": self.eval,
+                "budget": self.budget, "seed": self.seed}
+
+    @property
+    def hash(self) -> str:
+        return content_key("case", self.config(), self.versions)[:16]
+
+    @property
+    def train_key(self) -> str:
+        """Training depends on dataset, family (with noise, schedule, network), train and seed only:
+        cases that differ in sampler or metrics share it (train once, sample many)."""
+        return content_key("train", self.dataset, self.family, self.train, self.seed,
+                           {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, **self.config(), "versions": self.versions,
+                "skipped_metrics": self.skipped_metrics}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Case":
+        return cls(suite=d["suite"], dataset=d["dataset"], family=d["family"], sampler=d["sampler"],
+                   metrics=d["metrics"], train=d["train"], eval=d["eval"], budget=d["budget"],
+                   seed=d["seed"], versions=d.get("versions", {}),
+                   skipped_metrics=d.get("skipped_metrics", {}))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        if "id" in value:
+            return str(value["id"])
+        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(value.items()) if k != "name")
+        name = str(value.get("name", ""))
+        return f"{name}({inner})" if inner else name
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def label(spec: dict[str, Any] | None) -> str:
+    """A readable, stable label: the spec's ``id`` or ``name[k=v,...]``."""
+    if spec is None:
+        return "none"
+    if spec.get("id"):
+        return str(spec["id"])
+    params = {k: v for k, v in spec.items() if k not in ("name", "id")}
+    if not params:
+        return spec["name"]
+    return f"{spec['name']}[" + ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items())) + "]"
+
+
+@dataclass
+class Pruned:
+    dataset: str
+    family: str
+    sampler: str
+    seed: int
+    reason: str
+
+
+@dataclass
+class ExpandedSuite:
+    name: str
+    description: str
+    path: str
+    raw: dict[str, Any]
+    cases: list[Case]
+    pruned: list[Pruned]
+    tracking: dict[str, Any]
+    store: str
+    results: str
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+def _load_with_includes(path: Path, stack: tuple[Path, ...]) -> tuple[dict, Positions]:
+    data, positions = load_yaml_file(path)
+    if data is None:
+        raise SuiteError("the suite file is empty", Location(str(path), 1, 1),
+                         hint="a suite needs at least 'name' and 'matrix'")
+    if not isinstance(data, dict):
+        raise SuiteError(f"a suite must be a mapping of keys, not a {type(data).__name__}",
+                         Location(str(path), 1, 1))
+    includes = data.get("include")
+    if includes is None:
+        return data, positions
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise SuiteError("'include' must be a file name or a list of file names",
+                         locate(positions, ("include",)))
+    merged: dict = {}
+    merged_pos: Positions = {}
+    for i, inc in enumerate(includes):
+        loc = locate(positions, ("include", i) if isinstance(data["include"], list) else ("include",))
+        inc_path = (path.parent / inc).resolve()
+        if inc_path in stack or inc_path == path.resolve():
+            chain = " -> ".join(p.name for p in (*stack, inc_path))
+            raise SuiteError(f"include cycle: {chain}", loc)
+        if not inc_path.exists():
+            raise SuiteError(f"included file not found: {inc}", loc)
+        sub, sub_pos = _load_with_includes(inc_path, stack + (inc_path,))
+        merged = _deep_merge(merged, sub)
+        merged_pos.update(sub_pos)
+    data = _deep_merge(merged, {k: v for k, v in data.items() if k != "include"})
+    merged_pos.update(positions)
+    return data, merged_pos
+
+
+_SET_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=(.*)$", re.S)
+_SET_SHORTHAND = ("train", "eval", "budget")
+
+
+def apply_overrides(data: dict, positions: Positions, overrides: list[str]) -> None:
+    """Apply ``--set a.b.c=value`` (value parsed as YAML). ``train.*``, ``eval.*`` and ``budget.*``
+    are shorthand for ``defaults.train.*`` etc. Also sets the key in every matrix entry that already
+    overrides it, so ``--set train.steps=100`` really caps every case."""
+    for item in overrides:
+        m = _SET_RE.match(item)
+        if not m:
+            raise SuiteError(f"--set expects key=value, got '{item}'", Location("--set"))
+        key, raw_value = m.groups()
+        try:
+            value, _ = load_yaml_text(raw_value, "--set")
+        except SuiteError as exc:
+            raise SuiteError(f"--set {key}: {exc.message}", Location("--set")) from None
+        parts = key.split(".")
+        if parts[0] in _SET_SHORTHAND:
+            parts = ["defaults"] + parts
+            for axis in ("dataset", "family", "sampler"):
+                for entry in (data.get("matrix") or {}).get(axis) or []:
+                    section = entry.get(parts[1]) if isinstance(entry, dict) else None
+                    if isinstance(section, dict) and len(parts) == 3 and parts[2] in section:
+                        section[parts[2]] = value
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node, dict):
+                raise SuiteError(f"--set {key}: '{p}' is not a mapping", Location("--set"))
+            node = node.setdefault(p, {})
+            if node is None:
+                node = {}
+        if not isinstance(node, dict):
+            raise SuiteError(f"--set {key}: parent is not a mapping", Location("--set"))
+        node[parts[-1]] = value
+        positions[tuple(parts)] = Location("--set")
+
+
+def _validation_error(exc: pydantic.ValidationError, positions: Positions, prefix: tuple,
+                      model: type[BaseModel] | None = None) -> SuiteError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    # pydantic prepends union branch names to the loc of union members; drop them
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int"))))
+    path = prefix + loc
+    dotted = ".".join(str(p) for p in path) or "suite"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(model, loc[:-1]) if model else []
+        suggestion = did_you_mean(str(loc[-1]), allowed)
+        hint = f"did you mean '{suggestion}'?" if suggestion else (
+            f"allowed: {', '.join(allowed)}" if allowed else None)
+        location = positions.get(path + ("__key__",)) or locate(positions, path)
+        return SuiteError(f"unknown key '{loc[-1]}' in {'.'.join(map(str, path[:-1])) or 'suite'}",
+                          location, hint)
+    if kind == "missing":
+        return SuiteError(f"missing required key '{dotted}'", locate(positions, path[:-1]))
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return SuiteError(f"{dotted}: {err['msg'].lower()} (got {shown})", locate(positions, path))
+
+
+def _allowed_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    for part in loc:
+        if model is None:
+            return []
+        f = model.model_fields.get(part) if isinstance(part, str) else None
+        if f is None:
+            return []
+        ann = f.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def load_suite(path: str | Path, registries: Registries, versions: dict[str, str] | None = None,
+               overrides: list[str] | None = None) -> ExpandedSuite:
+    """Load, validate and expand a suite file. Raises :class:`SuiteError` for any user error."""
+    path = Path(path)
+    data, positions = _load_with_includes(path, (path.resolve(),))
+    data = copy.deepcopy(data)
+    apply_overrides(data, positions, overrides or [])
+    try:
+        model = SuiteModel.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _validation_error(exc, positions, (), SuiteModel) from None
+    return expand(model, data, positions, registries, versions or {}, str(path))
+
+
+# ----------------------------------------------------------------------------- expansion
+
+_CASE_SECTIONS = ("train", "eval", "budget")
+
+
+def _normalize_spec(spec: Any, kind: str, path: tuple, positions: Positions) -> dict[str, Any]:
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise SuiteError(f"a {kind} entry needs a 'name'", locate(positions, path))
+        if not isinstance(spec["name"], str):
+            raise SuiteError(f"{kind} name must be a string", locate(positions, path + ("name",)))
+        return dict(spec)
+    raise SuiteError(f"a {kind} entry must be a name or a mapping, not {type(spec).__name__}",
+                     locate(positions, path))
+
+
+class _Resolver:
+    """Validates component specs against their registries, recursively for nested components."""
+
+    def __init__(self, registries: Registries, positions: Positions, versions: dict[str, str]):
+        self.regs = registries
+        self.positions = positions
+        self.versions = versions
+        self.used: dict[str, str] = {}
+
+    def resolve(self, kind: str, spec: dict[str, Any], path: tuple) -> dict[str, Any]:
+        registry = self.regs[kind]
+        name = spec["name"]
+        try:
+            entry = registry.entry(name)
+        except UnknownComponentError as exc:
+            raise exc.with_location(locate(self.positions, path + ("name",)) or locate(self.positions, path))
+        params = {k: v for k, v in spec.items() if k not in ("name", "id") + _CASE_SECTIONS}
+        nested = entry.meta.get("components", {}) or {}
+        for key, sub_kind in nested.items():
+            if key not in params:  # make the factory's default explicit, so it is logged and hashed
+                default = _signature_default(entry, key)
+                if isinstance(default, (str, dict)):
+                    params[key] = default
+            if key in params and params[key] is not None:
+                sub = _normalize_spec(params[key], sub_kind, path + (key,), self.positions)
+                params[key] = self.resolve(sub_kind, sub, path + (key,))
+        try:
+            validated = registry.validate(name, params)
+        except pydantic.ValidationError as exc:
+            raise _validation_error(exc, self.positions, path) from None
+        except UnknownComponentError as exc:
+            raise exc.with_location(locate(self.positions, path))
+        except Exception as exc:  # a plugin whose factory cannot even be imported
+            raise SuiteError(f"{kind} '{name}' (plugin '{entry.plugin}') cannot be loaded: "
+                             f"{type(exc).__name__}: {exc}", locate(self.positions, path)) from None
+        for key in nested:
+            if key in params:
+                validated[key] = params[key]
+        out = {"name": name, **{k: validated[k] for k in params if k in validated}}
+        if spec.get("id"):
+            out["id"] = str(spec["id"])
+        self.used[f"{kind}:{name}"] = self.versions.get(entry.plugin, "?")
+        return out
+
+
+def _signature_default(entry, key: str) -> Any:
+    import inspect
+
+    param = inspect.signature(entry.load()).parameters.get(key)
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return copy.deepcopy(param.default)
+
+
+def _section(spec: dict, key: str, model: type[BaseModel], base: dict, path: tuple,
+             positions: Positions) -> dict:
+    over = spec.get(key)
+    if over is None:
+        return base
+    if not isinstance(over, dict):
+        raise SuiteError(f"'{key}' must be a mapping", locate(positions, path + (key,)))
+    try:
+        return model.model_validate({**base, **over}).model_dump()
+    except pydantic.ValidationError as exc:
+        raise _validation_error(exc, positions, path + (key,), model) from None
+
+
+def _matches(rule: dict[str, Any], axes: dict[str, dict | None], seed: int) -> bool:
+    for key, want in rule.items():
+        if key == "seed":
+            if want != seed:
+                return False
+            continue
+        spec = axes.get(key)
+        if spec is None:
+            if want is not None:
+                return False
+            continue
+        if isinstance(want, str):
+            if want not in (spec["name"], spec.get("id"), label(spec)):
+                return False
+        elif isinstance(want, dict):
+            if any(spec.get(k) != v for k, v in want.items()):
+                return False
+        else:
+            return False
+    return True
+
+
+def _compatibility(regs: Registries, dataset: dict, family: dict, sampler: dict | None) -> str | None:
+    d_meta = regs.dataset.entry(dataset["name"]).meta
+    f_meta = regs.family.entry(family["name"]).meta
+    modality = d_meta.get("modality")
+    f_modalities = f_meta.get("modalities")
+    if modality and f_modalities and modality not in f_modalities:
+        return f"family '{family['name']}' does not model {modality} data"
+    if sampler is None:
+        return None
+    s_meta = regs.sampler.entry(sampler["name"]).meta
+    provides = set(f_meta.get("provides", ()))
+    missing = set(s_meta.get("requires", ())) - provides
+    if missing:
+        return (f"sampler '{sampler['name']}' requires {', '.join(sorted(missing))}, "
+                f"which family '{family['name']}' does not provide")
+    return None
+
+
+def _metric_skips(regs: Registries, dataset: dict, family: dict, metrics: list[dict]) -> dict[str, str]:
+    modality = regs.dataset.entry(dataset["name"]).meta.get("modality")
+    provides = set(regs.family.entry(family["name"]).meta.get("provides", ()))
+    out = {}
+    for m in metrics:
+        meta = regs.metric.entry(m["name"]).meta
+        mods = meta.get("modalities")
+        if modality and mods and modality not in mods:
+            out[label(m)] = f"does not apply to {modality} data"
+        elif set(meta.get("requires", ())) - provides:
+            need = ", ".join(sorted(set(meta["requires"]) - provides))
+            out[label(m)] = f"needs {need} from the family"
+    return out
+
+
+def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries,
+           versions: dict[str, str], path: str) -> ExpandedSuite:
+    resolver = _Resolver(regs, positions, versions)
+    defaults = model.defaults
+
+    def axis(kind: str) -> list[tuple[dict | None, dict]]:
+        raw = data["matrix"].get(kind)
+        if raw is None:
+            return [(None, {})]
+        out = []
+        for i, spec in enumerate(raw):
+            p = ("matrix", kind, i)
+            if spec is None:
+                out.append((None, {}))
+                continue
+            norm = _normalize_spec(spec, kind, p, positions)
+            sections = {s: norm[s] for s in _CASE_SECTIONS if s in norm}
+            out.append((resolver.resolve(kind, norm, p), {"sections": sections, "path": p}))
+        return out
+
+    datasets, families, samplers = axis("dataset"), axis("family"), axis("sampler")
+    metrics = [resolver.resolve("metric", _normalize_spec(m, "metric", ("metrics", i), positions),
+                                ("metrics", i)) for i, m in enumerate(data.get("metrics") or [])]
+    seeds = model.matrix.seed or [model.seed]
+
+    for i, rule in enumerate(model.exclude):
+        for key in rule:
+            if key not in ("dataset", "family", "sampler", "seed"):
+                raise SuiteError(f"exclude rules match on dataset, family, sampler or seed, not '{key}'",
+                                 positions.get(("exclude", i, key, "__key__")) or locate(positions, ("exclude", i)))
+
+    cases: list[Case] = []
+    pruned: list[Pruned] = []
+    seen: set[str] = set()
+
+    def make_case(d: dict, f: dict, s: dict | None, seed: int, extras: list[dict]) -> Case:
+        train = defaults.train.model_dump()
+        evalc = defaults.eval.model_dump()
+        budget = defaults.budget.model_dump()
+        for extra in extras:
+            secs, p = extra.get("sections", {}), extra.get("path", ())
+            train = _section(secs, "train", TrainConfig, train, p, positions)
+            evalc = _section(secs, "eval", EvalConfig, evalc, p, positions)
+            budget = _section(secs, "budget", BudgetConfig, budget, p, positions)
+        case = Case(model.name, d, f, s, metrics, train, evalc, budget, seed)
+        case.versions = _versions_for(case, resolver.used, regs, versions)
+        case.skipped_metrics = _metric_skips(regs, d, f, metrics)
+        return case
+
+    for (d, dx), (f, fx), (s, sx), seed in itertools.product(datasets, families, samplers, seeds):
+        axes = {"dataset": d, "family": f, "sampler": s}
+        if any(_matches(rule, axes, seed) for rule in model.exclude):
+            continue
+        reason = _compatibility(regs, d, f, s)
+        if reason:
+            pruned.append(Pruned(label(d), label(f), label(s), seed, reason))
+            continue
+        case = make_case(d, f, s, seed, [dx, fx, sx])
+        if case.id not in seen:
+            seen.add(case.id)
+            cases.append(case)
+
+    for i, extra in enumerate(model.include_cases):
+        p = ("include_cases", i)
+        specs = {}
+        for kind in ("dataset", "family", "sampler"):
+            if extra.get(kind) is None:
+                if kind != "sampler":
+                    raise SuiteError(f"include_cases entry needs a '{kind}'", locate(positions, p))
+                specs[kind] = None
+                continue
+            specs[kind] = resolver.resolve(kind, _normalize_spec(extra[kind], kind, p + (kind,), positions),
+                                           p + (kind,))
+        seed = extra.get("seed", model.seed)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise SuiteError("seed must be an integer", locate(positions, p + ("seed",)))
+        reason = _compatibility(regs, specs["dataset"], specs["family"], specs["sampler"])
+        if reason:
+            raise SuiteError(f"include_cases entry is incompatible: {reason}", locate(positions, p))
+        case = make_case(specs["dataset"], specs["family"], specs["sampler"], seed, [])
+        if case.id not in seen:
+            seen.add(case.id)
+            cases.append(case)
+
+    tracking = {"experiment": model.tracking.experiment or model.name, "uri": model.tracking.uri}
+    return ExpandedSuite(model.name, model.description, path, data, cases, pruned, tracking,
+                         model.store, model.results)
+
+
+def _versions_for(case: Case, used: dict[str, str], regs: Registries, versions: dict[str, str]) -> dict[str, str]:
+    out = {}
+
+    def add(kind: str, spec: dict | None) -> None:
+        if not spec:
+            return
+        entry = regs[kind].entry(spec["name"])
+        out[f"{kind}:{spec['name']}"] = versions.get(entry.plugin, "?")
+        for key, sub_kind in (entry.meta.get("components") or {}).items():
+            if isinstance(spec.get(key), dict):
+                sub = regs[sub_kind].entry(spec[key]["name"])
+                out[f"family:{key}:{spec[key]['name']}"] = versions.get(sub.plugin, "?")
+
+    add("dataset", case.dataset)
+    add("family", case.family)
+    add("sampler", case.sampler)
+    for m in case.metrics:
+        add("metric", m)
+    return out
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,154 @@
+"""MLflow logging (DESIGN.md section 6): one parent run per ``bench run``, one nested child run per
+case, logged in batches from the case record. Only the driver process calls this module.
+
+The default store is ``sqlite:///mlflow.db`` in the working directory, with artifacts in
+``./mlartifacts``; any tracking URI works (``http://host:5000`` for a server). Credentials for a
+server come from the environment (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``) and
+are never logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+STATUS = {"ok": "FINISHED", "failed": "FAILED", "killed": "KILLED", "skipped": "FINISHED"}
+_SECRET = re.compile(r"(password|secret|token|credential|api_key)", re.I)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"family": {"noise": {"name": "gff"}}}`` -> ``{"family.noise.name": "gff"}``."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) and "name" in v for v in obj):
+        out[prefix[:-1]] = ",".join(str(v.get("id") or v["name"]) for v in obj)
+        for v in obj:
+            key = str(v.get("id") or v["name"])
+            out.update(flatten({k: x for k, x in v.items() if k not in ("name", "id")}, f"{prefix}{key}."))
+    elif obj is None:
+        out[prefix[:-1]] = "None"
+    else:
+        out[prefix[:-1]] = obj
+    return {k: v for k, v in out.items() if k and not _SECRET.search(k)}
+
+
+def redact_uri(uri: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class Tracker:
+    """A thin layer over ``mlflow.MlflowClient``."""
+
+    def __init__(self, uri: str | None, experiment: str):
+        _quiet_mlflow()
+        from mlflow import MlflowClient
+
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:///"):
+                db = Path(self.uri[len("sqlite:///"):]).resolve()
+                location = (db.parent / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.experiment = experiment
+        self.parent_id: str | None = None
+
+    # ------------------------------------------------------------------ parent
+    def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={"bench.kind": "suite", **tags})
+        self.parent_id = run.info.run_id
+        self._log(self.parent_id, params=flatten(params))
+        return self.parent_id
+
+    def end_parent(self, status: str, metrics: dict[str, float], artifacts_dir: Path | None) -> None:
+        if self.parent_id is None:
+            return
+        self._log(self.parent_id, metrics=metrics)
+        if artifacts_dir is not None and artifacts_dir.exists():
+            for path in sorted(artifacts_dir.iterdir()):
+                if path.is_file():
+                    self.client.log_artifact(self.parent_id, str(path))
+        self.client.set_terminated(self.parent_id, status=status)
+
+    # ------------------------------------------------------------------ cases
+    def log_case(self, record: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+        """Create the child run for a finished case and log everything in it."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        run_tags = {"bench.case_id": record["case_id"], "bench.case_hash": record["case_hash"],
+                    "bench.train_key": record.get("train_key", "")[:16],
+                    "bench.status": record["status"], "bench.kind": "case",
+                    "bench.trained": str(record.get("trained", False)).lower(), **(tags or {})}
+        for k, v in (record.get("labels") or {}).items():
+            run_tags[f"bench.{k}"] = str(v)
+        for k, v in (record.get("versions") or {}).items():
+            run_tags[f"bench.version.{k}"] = str(v)
+        if record.get("error"):
+            run_tags["bench.error"] = record["error"][:5000]
+        for name, reason in (record.get("skipped_metrics") or {}).items():
+            run_tags[f"bench.skipped.{name}"] = reason[:250]
+        if self.parent_id:
+            run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_id
+        start_ms = int(record.get("started", time.time()) * 1000)
+        run = self.client.create_run(self.experiment_id, run_name=record["case_id"], tags=run_tags,
+                                     start_time=start_ms)
+        run_id = run.info.run_id
+        params = flatten(record.get("config") or {})
+        metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v == v}  # drop NaN
+        self._log(run_id, params=params, metrics=metrics, series=record.get("series") or {},
+                  timestamp=int(record.get("finished", time.time()) * 1000))
+        case_dir = record.get("case_dir")
+        if case_dir and Path(case_dir).exists():
+            self.client.log_artifacts(run_id, case_dir)
+        self.client.set_terminated(run_id, status=STATUS.get(record["status"], "FAILED"),
+                                   end_time=int(record.get("finished", time.time()) * 1000))
+        return run_id
+
+    def _log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+             series: dict[str, Iterable] | None = None, timestamp: int | None = None) -> None:
+        from mlflow.entities import Metric, Param
+
+        ts = timestamp or int(time.time() * 1000)
+        param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        metric_list = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()]
+        for key, points in (series or {}).items():
+            metric_list.extend(Metric(key, float(v), ts, int(step)) for step, v in points if v == v)
+        for i in range(0, len(param_list), 100):
+            self.client.log_batch(run_id, params=param_list[i:i + 100])
+        for i in range(0, len(metric_list), 1000):
+            self.client.log_batch(run_id, metrics=metric_list[i:i + 1000])
+
+    # ------------------------------------------------------------------ queries
+    def finished_cases(self) -> dict[str, Any]:
+        """case_hash -> the latest ok child run in this experiment (for resume)."""
+        out: dict[str, Any] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string="tags.`bench.status` = 'ok' and tags.`bench.kind` = 'case'",
+                                           max_results=1000, page_token=token,
+                                           order_by=["attributes.start_time ASC"])
+            for run in page:
+                out[run.data.tags.get("bench.case_hash", "")] = run
+            token = page.token
+            if not token:
+                return out
