@@ -180,6 +180,9 @@ def get_manager(extra_modules: list[str] | tuple[str, ...] = (), *, fresh: bool 
         manager = PluginManager()
         from . import executors  # the core's own executors are a plugin like any other
 
+        from . import runner  # implements bench_run_case (plugins may wrap it)
+
+        manager.pm.register(runner, name="bench.runner")
         manager.add_plugin(executors, PluginInfo("bench.executors", "bench.executors",
                                                  version=_bench_version(), distribution="bench"))
         manager.load_entry_points()

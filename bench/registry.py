@@ -58,8 +58,7 @@ class Entry:
 
     def param_model(self) -> type[pydantic.BaseModel]:
         """A pydantic model built from the factory signature (see module docstring)."""
-        factory = self.load()
-        sig = inspect.signature(factory)
+        sig = self.signature()
         fields: dict[str, Any] = {}
         extra = "forbid"
         for p in sig.parameters.values():
@@ -75,8 +74,17 @@ class Entry:
         return pydantic.create_model(f"{self.kind}_{self.name}_params".replace("/", "_").replace("-", "_"),
                                      __config__=config, **fields)
 
+    def signature(self) -> inspect.Signature:
+        """The factory signature with string annotations (``from __future__ import annotations``)
+        evaluated."""
+        factory = self.load()
+        try:
+            return inspect.signature(factory, eval_str=True)
+        except (NameError, TypeError, SyntaxError):
+            return inspect.signature(factory)
+
     def accepts_context(self) -> bool:
-        return "context" in inspect.signature(self.load()).parameters
+        return "context" in self.signature().parameters
 
 
 class Registry:

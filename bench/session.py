@@ -20,7 +20,9 @@ from .suite import ExpandedSuite, dump_yaml
 from .timing import machine_fingerprint
 from .tracking import Tracker, redact_uri
 
-HEADLINE = ("fid", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
+HEADLINE = ("fid", "fid_floor", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
+BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "num_params",
+               "num_samples", "metric_time_s", "final_loss", "steps"}
 
 
 @dataclass
@@ -169,7 +171,9 @@ def _status_line(record: dict[str, Any]) -> str:
 
 def summarize(records: list[dict[str, Any]]) -> str:
     """A markdown table of the headline metrics, one row per case."""
-    cols = [k for k in HEADLINE if any(k in (r.get("metrics") or {}) for r in records)]
+    present = {k for r in records for k in (r.get("metrics") or {})}
+    cols = [k for k in HEADLINE if k in present]
+    cols += sorted(k for k in present - set(HEADLINE) - BOOKKEEPING)[: max(0, 8 - len(cols))]
     cols += [k for k in ("nfe", "train_time_s", "sample_time_s") if any(k in (r.get("metrics") or {}) for r in records)]
     lines = ["| case | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in sorted(records, key=lambda r: r["case_id"]):

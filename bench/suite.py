@@ -118,14 +118,13 @@ class Case:
 
     @property
     def id(self) -> str:
-        parts = [self.suite, label(self.dataset), label(self.family)]
-        parts.append(label(self.sampler) if self.sampler else "no-sampler")
-        parts.append(f"seed={self.seed}")
-        return "/".join(parts)
+        labels = self.labels()
+        return "/".join([self.suite, labels["dataset"], labels["family"], labels["sampler"], f"seed={self.seed}"])
 
     def labels(self) -> dict[str, str]:
+        """Short names of the axes: the spec's ``id`` or ``name[params the user set]``."""
         return {"dataset": label(self.dataset), "family": label(self.family),
-                "sampler": label(self.sampler) if self.sampler else "none", "seed": str(self.seed)}
+                "sampler": label(self.sampler) if self.sampler else "no-sampler", "seed": str(self.seed)}
 
     def config(self) -> dict[str, Any]:
         """The resolved case config: what is hashed, logged as params and written as YAML."""
@@ -395,16 +394,39 @@ class _Resolver:
             if key in params:
                 validated[key] = params[key]
         out = {"name": name, **{k: validated[k] for k in params if k in validated}}
-        if spec.get("id"):
-            out["id"] = str(spec["id"])
+        # the label (and so the case id) names only what the user set; defaults are filled in after
+        # so that the logged config rebuilds the case exactly
+        out["id"] = str(spec["id"]) if spec.get("id") else label(out)
+        for key, value in _param_defaults(entry).items():
+            out.setdefault(key, value)
         self.used[f"{kind}:{name}"] = self.versions.get(entry.plugin, "?")
         return out
+
+
+def _param_defaults(entry) -> dict[str, Any]:
+    """The factory's JSON-representable defaults (so a logged case can be rebuilt exactly)."""
+    import inspect
+    import json
+
+    out = {}
+    for p in entry.signature().parameters.values():
+        if p.name == "context" or p.default is inspect.Parameter.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        default = {**{p.name: p.default}, **entry.defaults}.get(p.name)
+        if isinstance(default, tuple):
+            default = list(default)
+        try:
+            json.dumps(default)
+        except (TypeError, ValueError):
+            continue
+        out[p.name] = default
+    return out
 
 
 def _signature_default(entry, key: str) -> Any:
     import inspect
 
-    param = inspect.signature(entry.load()).parameters.get(key)
+    param = entry.signature().parameters.get(key)
     if param is None or param.default is inspect.Parameter.empty:
         return None
     return copy.deepcopy(param.default)

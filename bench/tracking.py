@@ -55,6 +55,8 @@ class Tracker:
         _quiet_mlflow()
         from mlflow import MlflowClient
 
+        _quiet_mlflow()
+
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)

@@ -1,0 +1,232 @@
+"""The ``bench`` command line: run, validate, plugins, compare, ui, log, new-plugin.
+
+Every user error ends as one line on stderr (``file:line:col: error: ...``) and exit code 2; a
+failing case makes ``bench run`` exit 1; an internal error prints a one-line summary (set
+``BENCH_DEBUG=1`` for the traceback) and exits 3.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from .errors import BenchError, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Benchmark diffusion and flow generative models; results go to MLflow.",
+                  pretty_exceptions_enable=False)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn every exception into one clear line and an exit code (no Python traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as exc:
+            _err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # e.g. `bench plugins | head`
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except KeyboardInterrupt:
+            _err("bench: interrupted")
+            raise typer.Exit(130) from None
+        except BenchError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(1) from None
+        except Exception as exc:  # noqa: BLE001
+            if os.environ.get("BENCH_DEBUG"):
+                traceback.print_exc()
+            _err(f"bench: internal error: {type(exc).__name__}: {exc} (set BENCH_DEBUG=1 for the traceback)")
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+PluginsOpt = typer.Option(None, "--plugins", help="import this module as a plugin (repeatable)")
+SetOpt = typer.Option(None, "--set", help="override a suite value, e.g. --set train.steps=100 (repeatable)")
+
+
+def _manager(plugins: Optional[List[str]]):
+    from .plugins import get_manager
+
+    return get_manager(tuple(plugins or ()))
+
+
+def _load(file: Path, plugins, overrides):
+    from .suite import load_suite
+
+    manager = _manager(plugins)
+    return manager, load_suite(file, manager.registries, manager.versions(), overrides or [])
+
+
+def _print_plan(suite) -> None:
+    typer.echo(f"suite '{suite.name}': {len(suite.cases)} case(s)")
+    for case in suite.cases:
+        typer.echo(f"  {case.id}  [{case.hash}] train={case.train_key[:8]}")
+        for metric, reason in case.skipped_metrics.items():
+            typer.echo(f"      skip metric {metric}: {reason}")
+    trainings = len({c.train_key for c in suite.cases})
+    typer.echo(f"{trainings} distinct model(s) to train (train once, sample many)")
+    if suite.pruned:
+        typer.echo(f"pruned {len(suite.pruned)} incompatible combination(s):")
+        for p in suite.pruned:
+            typer.echo(f"  {p.dataset}/{p.family}/{p.sampler}/seed={p.seed}: {p.reason}")
+
+
+@app.command()
+@guarded
+def run(file: Path = typer.Argument(..., help="suite YAML"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list the cases and exit"),
+        overrides: Optional[List[str]] = SetOpt,
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db)"),
+        executor: str = typer.Option("local", "--executor", help="local | process | ray | a plugin's"),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="parallel workers"),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)"),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="skip cases that already finished"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+        results: Optional[Path] = typer.Option(None, "--results", help="results root (default from the suite)"),
+        store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
+        plugins: Optional[List[str]] = PluginsOpt) -> None:
+    """Run every case of a suite and log it to MLflow."""
+    from .session import RunOptions, run_suite
+
+    manager, suite = _load(file, plugins, overrides)
+    if dry_run:
+        _print_plan(suite)
+        return
+    if not suite.cases:
+        raise UserError("the suite expands to no runnable case", hint="see `bench run --dry-run`")
+    if executor == "ray" and workers is None and ray_address is None:
+        workers = os.cpu_count()
+    manager.registries.executor.entry(executor)
+    opts = RunOptions(tracking_uri=tracking_uri, executor=executor, workers=workers, ray_address=ray_address,
+                      resume=resume, quiet=quiet or not sys.stderr.isatty(), plugins=tuple(plugins or ()),
+                      results_root=str(results) if results else None, store=str(store) if store else None)
+    code = run_suite(suite, manager, opts, echo=typer.echo)
+    raise typer.Exit(code)
+
+
+@app.command()
+@guarded
+def validate(file: Path = typer.Argument(..., help="suite YAML"), overrides: Optional[List[str]] = SetOpt,
+             plugins: Optional[List[str]] = PluginsOpt) -> None:
+    """Check a suite (syntax, names, types, ranges) without running it."""
+    _, suite = _load(file, plugins, overrides)
+    typer.echo(f"{file}: ok ({len(suite.cases)} case(s), {len(suite.pruned)} pruned)")
+
+
+@app.command("plugins")
+@guarded
+def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+                plugins: Optional[List[str]] = PluginsOpt) -> None:
+    """List plugins, their versions, status and components."""
+    manager = _manager(plugins)
+    infos = [info.as_dict() for info in manager.infos.values()]
+    if as_json:
+        typer.echo(json.dumps(infos, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("plugin", "version", "status", "components")
+    for info in infos:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info["components"].items()))
+        status = info["status"] if info["status"] != "error" else f"error: {info['error']}"
+        table.add_row(info["name"], info["version"], status, comps)
+    Console(width=max(120, _term_width())).print(table)
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 160
+
+
+@app.command()
+@guarded
+def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="experiment (= suite name)"),
+            tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+            rows: str = typer.Option("family", "--rows", help="row key: dataset|family|sampler|seed|<param>"),
+            cols: str = typer.Option("sampler", "--cols", help="column key"),
+            metric: Optional[str] = typer.Option(None, "--metric", "-m", help="metric to tabulate"),
+            where: Optional[List[str]] = typer.Option(None, "--where", help="filter, e.g. dataset=digits8"),
+            fmt: str = typer.Option("table", "--format", help="table | markdown | csv"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table here"),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG: metric against --x per --group"),
+            x: str = typer.Option("nfe", "--x", help="x axis of --plot (a metric, e.g. nfe or train_time_s)"),
+            group: str = typer.Option("family+sampler.name", "--group", help="one line per value of this key")) -> None:
+    """Pivot the runs of an experiment into a table (and optionally a plot)."""
+    from .compare import compare_runs
+
+    text = compare_runs(experiment, tracking_uri, rows, cols, metric, where or [], fmt, output, plot, x, group)
+    typer.echo(text)
+
+
+@app.command()
+@guarded
+def ui(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+       host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(5000, "--port")) -> None:
+    """Start the MLflow UI on the same store and print its address."""
+    import subprocess
+
+    from .tracking import DEFAULT_URI, redact_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()]
+    typer.echo(f"MLflow UI for {redact_uri(uri)} at http://{host}:{port}  (Ctrl-C to stop)")
+    sys.stdout.flush()
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command("log")
+@guarded
+def log_cmd(results_dir: Path = typer.Argument(..., help="a results/<suite>/<timestamp> directory"),
+            tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+            experiment: Optional[str] = typer.Option(None, "--experiment")) -> None:
+    """Feed MLflow again from a local results directory (the source of truth)."""
+    from .session import relog
+
+    if not results_dir.is_dir():
+        raise UserError(f"not a directory: {results_dir}")
+    raise typer.Exit(relog(results_dir, tracking_uri, experiment, echo=typer.echo))
+
+
+@app.command("new-plugin")
+@guarded
+def new_plugin(name: str = typer.Argument(..., help="plugin (package) name, e.g. my_sampler"),
+               kind: str = typer.Option(..., "--kind", help="component kind"),
+               directory: Optional[Path] = typer.Option(None, "--dir", help="where to create it (default ./NAME)")) -> None:
+    """Write an installable plugin package with a working example component and a test."""
+    from .scaffold import write_plugin
+
+    path = write_plugin(name, kind, directory)
+    typer.echo(f"created {path}\nnext: pip install -e {path} && pytest {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Built-in bench plugin package bench_flows."""

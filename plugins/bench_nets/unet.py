@@ -1,0 +1,89 @@
+"""A small UNet ``f(x, t)`` for (C, H, W) images with H = W in {8, 16, 32}.
+
+Two resolution levels by default (``mults=(1, 2)``): residual blocks with GroupNorm and SiLU, the
+time embedding added in every block, average-pool down, nearest up, skip connections by
+concatenation. Tens of thousands of parameters at ``base=32``: sized for a 2-core CPU.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from .embedding import TimeEmbedding
+
+
+def _groups(ch: int) -> int:
+    for g in (8, 4, 2, 1):
+        if ch % g == 0:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, tdim: int):
+        super().__init__()
+        self.n1 = nn.GroupNorm(_groups(cin), cin)
+        self.c1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.t = nn.Linear(tdim, cout)
+        self.n2 = nn.GroupNorm(_groups(cout), cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.silu(self.n1(x)))
+        h = h + self.t(emb)[:, :, None, None]
+        h = self.c2(F.silu(self.n2(h)))
+        return h + self.skip(x)
+
+
+class SmallUNet(nn.Module):
+    def __init__(self, in_shape: Sequence[int], base: Annotated[int, Field(gt=0)] = 32,
+                 mults: Sequence[int] = (1, 2), time_embed: Annotated[int, Field(gt=1)] = 64,
+                 out_channels: int | None = None, cond_channels: int = 0, zero_init: bool = True):
+        super().__init__()
+        c, h, w = in_shape
+        if h % (2 ** (len(mults) - 1)) or w % (2 ** (len(mults) - 1)):
+            raise ValueError(f"image size {h}x{w} is not divisible by 2^{len(mults) - 1}")
+        self.in_shape = tuple(in_shape)
+        tdim = base * 4
+        self.time = TimeEmbedding(time_embed, tdim)
+        self.inp = nn.Conv2d(c + cond_channels, base, 3, padding=1)
+        chans = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        prev = base
+        for ch in chans:
+            self.down.append(ResBlock(prev, ch, tdim))
+            prev = ch
+        self.mid = ResBlock(prev, prev, tdim)
+        self.up = nn.ModuleList()
+        for ch in reversed(chans):
+            self.up.append(ResBlock(prev + ch, ch, tdim))
+            prev = ch
+        self.norm = nn.GroupNorm(_groups(prev), prev)
+        self.out = nn.Conv2d(prev, out_channels or c, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time(t)
+        h = self.inp(torch.cat([x, cond], 1) if cond is not None else x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)
+        h = self.mid(h, emb)
+        for i, block in enumerate(self.up):
+            skip = skips.pop()
+            if h.shape[-1] != skip.shape[-1]:
+                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], 1), emb)
+        return self.out(F.silu(self.norm(h)))
