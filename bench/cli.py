@@ -185,9 +185,9 @@ def ui(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
     """Start the MLflow UI on the same store and print its address."""
     import subprocess
 
-    from .tracking import DEFAULT_URI, redact_uri
+    from .tracking import redact_uri, resolve_uri
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = resolve_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()]

@@ -6,12 +6,11 @@ tag or a metric; ``a+b`` joins several keys. When a case was run more than once,
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError, did_you_mean
-from .tracking import DEFAULT_URI, _quiet_mlflow
+from .tracking import _quiet_mlflow, resolve_uri, search_runs_frame
 
 PREFERRED = ("fid", "swd", "bpd", "nll", "kid", "mmd", "psnr", "ssim", "sample_time_s", "train_time_s")
 LABELS = ("dataset", "family", "sampler", "seed")
@@ -19,10 +18,9 @@ LABELS = ("dataset", "family", "sampler", "seed")
 
 def load_runs(experiment: str | None, uri: str | None):
     _quiet_mlflow()
-    import mlflow
     from mlflow import MlflowClient
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = resolve_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow database at {uri[len('sqlite:///'):]}", hint="run `bench run SUITE` first")
     client = MlflowClient(tracking_uri=uri)
@@ -36,9 +34,8 @@ def load_runs(experiment: str | None, uri: str | None):
         close = did_you_mean(experiment, names)
         raise UserError(f"no experiment '{experiment}' in {uri}",
                         hint=f"did you mean '{close}'?" if close else f"experiments: {', '.join(names)}")
-    mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`bench.kind` = 'case'",
-                            max_results=50000, order_by=["attributes.start_time DESC"])
+    df = search_runs_frame(uri, [experiment], filter_string="tags.`bench.kind` = 'case'",
+                           max_results=50000, order_by=["attributes.start_time DESC"])
     if df.empty:
         raise UserError(f"experiment '{experiment}' has no case runs")
     return df.drop_duplicates(subset=["tags.bench.case_hash"], keep="first"), experiment

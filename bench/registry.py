@@ -130,9 +130,8 @@ class Registry:
         merged = {**entry.defaults, **params}
         model = entry.param_model()
         validated = model.model_validate(merged)
-        out = {k: getattr(validated, k) for k in validated.model_fields_set if k in model.model_fields}
-        out.update({k: v for k, v in (validated.model_extra or {}).items()})
-        return {k: out[k] for k in merged if k in out}
+        dumped = validated.model_dump(mode="json")  # JSON-representable: hashed, logged, rebuilt
+        return {k: dumped[k] for k in merged if k in dumped}
 
     def create(self, spec: dict[str, Any], context: Any = None) -> Any:
         """Build a component from ``{"name": ..., **params}``; pass ``context`` if accepted."""

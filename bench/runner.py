@@ -62,7 +62,16 @@ def run_case(job: CaseJob) -> dict[str, Any]:
         torch.set_num_threads(job.settings.threads)
     manager = get_manager(job.settings.plugins)
     case = Case.from_dict(job.case)
-    return manager.hook.bench_run_case(case=case, context=job)
+    record = manager.hook.bench_run_case(case=case, context=job)
+    if record.get("case_dir"):  # wrappers may have changed the record: the file holds the final one
+        write_record(Path(record["case_dir"]), record)
+    return record
+
+
+def write_record(case_dir: Path, record: dict[str, Any]) -> None:
+    tmp = case_dir / "record.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
+    os.replace(tmp, case_dir / "record.json")
 
 
 @hookimpl
@@ -357,9 +366,7 @@ class CaseRunner:
         extra = [f"artifacts/{p.name}" for p in sorted(adir.iterdir())] if adir.exists() else []
         record["artifacts"] = ["case.yaml", "metrics.json", *self.artifacts, *extra]
         record["case_dir"] = str(self.dir)
-        tmp = self.dir / "record.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
-        os.replace(tmp, self.dir / "record.json")
+        write_record(self.dir, record)
         return record
 
 

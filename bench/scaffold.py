@@ -151,8 +151,9 @@ class Exponential:
         self.beta_start, self.beta_end = beta_start, beta_end
 
     def betas(self, T: int) -> torch.Tensor:
-        return torch.logspace(torch.log10(torch.tensor(self.beta_start)), torch.log10(torch.tensor(self.beta_end)),
-                              T, dtype=torch.float64)
+        """beta_i = beta_start * (beta_end / beta_start) ** (i / (T - 1)), i = 0..T-1 (float64)."""
+        i = torch.arange(T, dtype=torch.float64)
+        return self.beta_start * (self.beta_end / self.beta_start) ** (i / max(T - 1, 1))
 ''', '''def test_exponential_schedule_endpoints(registries):
     betas = registries.schedule.create({"name": "$component"}).betas(1000)
     assert abs(float(betas[0]) - 1e-4) < 1e-12 and abs(float(betas[-1]) - 0.02) < 1e-12

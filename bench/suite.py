@@ -308,7 +308,8 @@ def _validation_error(exc: pydantic.ValidationError, positions: Positions, prefi
         return SuiteError(f"missing required key '{dotted}'", locate(positions, path[:-1]))
     value = err.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return SuiteError(f"{dotted}: {err['msg'].lower()} (got {shown})", locate(positions, path))
+    msg = err["msg"]
+    return SuiteError(f"{dotted}: {msg[:1].lower() + msg[1:]} (got {shown})", locate(positions, path))
 
 
 def _allowed_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:

@@ -38,6 +38,36 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for k, v in out.items() if k and not _SECRET.search(k)}
 
 
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI to use: the argument, ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
+    A relative SQLite path is made absolute (MLflow caches stores per URI string, so a relative one
+    would silently follow the first working directory of the process)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def search_runs_frame(uri: str | None, experiment_names: list[str], **kwargs):
+    """``mlflow.search_runs`` (a pandas DataFrame) against ``uri``, without leaving the process-wide
+    tracking URI (and ``$MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` sets) changed."""
+    _quiet_mlflow()
+    import mlflow
+
+    uri = resolve_uri(uri)
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    old_uri = mlflow.get_tracking_uri() if old_env is not None else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(experiment_names=experiment_names, **kwargs)
+    finally:
+        if old_env is None:
+            mlflow.set_tracking_uri(None)
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(old_uri)
+
+
 def redact_uri(uri: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri)
 
@@ -57,7 +87,7 @@ class Tracker:
 
         _quiet_mlflow()
 
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+        self.uri = resolve_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:

@@ -20,3 +20,5 @@ def bench_register_datasets(register):
              description="sklearn's bundled 8x8 digits, 17 grey levels")
     register("digits16", "bench_data.digits:Digits", defaults={"size": 16}, modality="image",
              description="sklearn digits upsampled to 16x16 and requantised to 8 bits")
+    register("image_folder", "bench_data.folder:ImageFolder", modality="image",
+             description="your own images: every PNG/JPEG under a local directory, resized and greyscaled or RGB")

@@ -1,0 +1,42 @@
+"""Built-in metrics and feature extractors (see docs/metrics.md)."""
+from __future__ import annotations
+
+from bench.hookspecs import hookimpl
+
+_M = "bench_metrics"
+
+
+@hookimpl
+def bench_register_metrics(register):
+    register("swd", f"{_M}.swd:SlicedWasserstein", modalities=["points", "image"],
+             description="sliced Wasserstein distance to held-out data, with swd_floor (real vs real)")
+    register("mmd", f"{_M}.kernels:MMD", modalities=["points", "image"],
+             description="unbiased squared MMD, RBF kernel with the median heuristic, with mmd_floor")
+    register("energy", f"{_M}.kernels:Energy", modalities=["points", "image"],
+             description="energy distance 2E|X-Y|-E|X-X'|-E|Y-Y'| (U-statistics), with energy_floor")
+    register("timing", f"{_M}.timing:Timing",
+             description="sampling throughput: warm-up, repeats, median and spread (samples_per_s, ms_per_nfe)")
+    for name, what in (("fid", "Frechet distance"), ("kid", "kernel (MMD) distance"),
+                       ("prc", "precision and recall")):
+        register(name, f"{_M}.fidelity:{name.upper()}", modalities=["image"],
+                 components={"extractor": "feature_extractor"},
+                 description=f"{what} by torch-fidelity in a named feature space, with cached reference "
+                             "statistics and a real-vs-real floor")
+    register("bpd", f"{_M}.likelihood:BitsPerDim", requires=["likelihood"],
+             description="test bits/dim via the family's log_likelihood (nll nats/dim for continuous data)")
+    register("nll", f"{_M}.likelihood:NegLogLikelihood", requires=["likelihood"],
+             description="test negative log-likelihood in nats per dim via the family's log_likelihood")
+    register("video", f"{_M}.video:VideoMetrics", modalities=["video"], requires=["video_predict"],
+             description="per-frame MSE/PSNR/SSIM of reconstructed and predicted frames, per horizon")
+
+
+@hookimpl
+def bench_register_feature_extractors(register):
+    register("auto", f"{_M}.extractors:auto",
+             description="digits-classifier for the digits datasets, inception-v3-compat otherwise")
+    register("inception-v3-compat", f"{_M}.extractors:InceptionV3",
+             description="torch-fidelity's TF-compatible InceptionV3 (pool3, 2048-d); offline: weights path needed")
+    register("digits-classifier", f"{_M}.extractors:DigitsClassifier",
+             description="small CNN trained deterministically on the digits train split (cached); penultimate layer")
+    register("random-proj", f"{_M}.extractors:RandomProjection",
+             description="a fixed random linear projection (NOT perceptual; for tests and smoke runs)")
