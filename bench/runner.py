@@ -146,14 +146,20 @@ class CaseRunner:
         self.metrics["num_params"] = float(sum(p.numel() for p in family.parameters()))
         with self.store.lock("checkpoints", key):
             entry = self.store.get("checkpoints", key)
-            if entry is None:
+            state = None
+            if entry is not None:
+                try:  # weights_only: a checkpoint is data, never code
+                    state = torch.load(entry / "checkpoint.pt", map_location="cpu", weights_only=True)
+                except Exception as exc:  # unreadable or unsafe: rebuild, never use
+                    self.log(f"checkpoint {key[:12]} could not be loaded safely ({type(exc).__name__}); retraining")
+                    self.store.remove("checkpoints", key)
+                    state = None
+            if state is None:
                 self.trained = True
                 with self.timer.phase("train"):
                     state = self._train(family, dataset)
                 self.store.put("checkpoints", key, lambda d: torch.save(state, d / "checkpoint.pt"),
                                meta={"case": self.case.id, "train": self.case.train})
-            else:
-                state = torch.load(entry / "checkpoint.pt", map_location="cpu", weights_only=True)
         self.metrics["train_time_s"] = float(state["train_time_s"])
         self.metrics["final_loss"] = float(state["loss_curve"][-1][1]) if state["loss_curve"] else math.nan
         self.series["train_loss"] = [tuple(x) for x in state["loss_curve"]]

@@ -13,13 +13,23 @@ from ..runner import CaseJob, run_case
 
 
 def _failed(job: CaseJob, error: str) -> dict:
+    """The record of a case whose worker died before it could write one."""
+    from pathlib import Path
+
+    from ..runner import case_slug, write_record
     from ..suite import Case
 
     case = Case.from_dict(job.case)
     now = time.time()
-    return {"case_id": case.id, "case_hash": case.hash, "train_key": case.train_key, "status": "failed",
-            "error": error, "config": case.config(), "versions": case.versions, "metrics": {},
-            "series": {}, "timings": {}, "artifacts": [], "started": now, "finished": now}
+    case_dir = Path(job.settings.results_dir) / "cases" / case_slug(case.id)
+    case_dir.mkdir(parents=True, exist_ok=True)
+    (case_dir / "traceback.txt").write_text(error + "\n")
+    record = {"case_id": case.id, "case_hash": case.hash, "train_key": case.train_key, "labels": case.labels(),
+              "status": "failed", "error": error, "config": case.config(), "versions": case.versions,
+              "metrics": {}, "series": {}, "timings": {}, "artifacts": ["traceback.txt"], "started": now,
+              "finished": now, "case_dir": str(case_dir)}
+    write_record(case_dir, record)
+    return record
 
 
 def _init_worker(threads: int) -> None:

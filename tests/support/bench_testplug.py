@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import torch
 from torch import nn
@@ -49,13 +50,21 @@ class FitGauss(nn.Module):
 class GaussSampler:
     requires = frozenset({"gauss"})
 
-    def __init__(self, steps: int = 3):
+    def __init__(self, steps: int = 3, sleep_s: float = 0.0, crash: str = ""):
         self.steps = steps
+        self.sleep_s = sleep_s
+        self.crash = crash
 
     def sample(self, family, rng):
+        if self.crash == "segfault":  # a worker process dying hard
+            os.kill(os.getpid(), 9)
+        if self.crash == "raise":
+            raise ValueError("sampler blew up")
         x = rng.randn(*family.mu.shape)
         for _ in range(self.steps):
             family.head(x)
+            if self.sleep_s:
+                time.sleep(self.sleep_s)
         return family.mu + family.s.exp() * x
 
 
