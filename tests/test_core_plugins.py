@@ -141,24 +141,30 @@ def test_unknown_plugins_module_is_a_clear_error():
     assert proc.returncode == 2 and "cannot import" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("kind", ["dataset", "metric", "noise", "schedule", "network", "family",
-                                  "feature_extractor", "executor"])
-def test_new_plugin_scaffold_passes_its_own_test(tmp_path, kind):
-    """Each scaffold is installed (into a target dir, so the project venv stays clean) and its
+KINDS = ["dataset", "metric", "noise", "schedule", "network", "family", "feature_extractor", "executor"]
+
+
+def test_new_plugin_scaffolds_pass_their_own_tests(tmp_path):
+    """Every kind's scaffold is installed (into a target dir, so the project venv stays clean) and its
     generated test runs against the installed entry point."""
-    pkg = tmp_path / "pkg"
-    proc = subprocess.run(BENCH + ["new-plugin", "my_ext", "--kind", kind, "--dir", str(pkg)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    pkgs = []
+    for kind in KINDS:
+        pkg = tmp_path / f"pkg_{kind}"
+        proc = subprocess.run(BENCH + ["new-plugin", f"my_{kind}", "--kind", kind, "--dir", str(pkg)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert (pkg / "pyproject.toml").read_text().count("[project.entry-points.bench]") == 1
+        pkgs.append(str(pkg))
     target = tmp_path / "site"
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), str(pkg)], capture_output=True, text=True, timeout=300)
+                          "--target", str(target), *pkgs], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]))
-    test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
+                           *[str(Path(pkg) / "tests") for pkg in pkgs]],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert test.returncode == 0, test.stdout + test.stderr
-    assert "1 passed" in test.stdout
+    assert f"{len(KINDS)} passed" in test.stdout
 
 
 def test_installed_plugin_component_runs_in_a_suite(tmp_path):

@@ -118,3 +118,20 @@ def test_sigterm_marks_the_running_case_killed_and_resume_finishes(workdir):
     result = CliRunner().invoke(app, ["run", path, "-q", "--plugins", "bench_testplug"])
     assert result.exit_code == 0, result.output
     assert "1 already finished" in result.output and "[2/2]" in result.output
+
+
+def test_ray_executor_gives_the_same_metrics_as_local(workdir):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e .[ray]")
+    path = suite(workdir, ["gauss", "{name: gauss, steps: 5}"])
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", path, "-q", "--plugins", "bench_testplug"]).exit_code == 0
+    result = runner.invoke(app, ["run", path, "-q", "--no-resume", "--executor", "ray", "--workers", "2",
+                                 "--plugins", "bench_testplug", "--store", "store-ray"])
+    assert result.exit_code == 0, result.output
+    runs = search_runs_frame("sqlite:///" + str(workdir / "mlflow.db"), ["rel"],
+                             filter_string="tags.`bench.kind` = 'case'")
+    assert len(runs) == 4
+    for _, group in runs.groupby("tags.bench.case_id"):
+        assert group["metrics.mean_err"].nunique() == 1
+    pids = {json.loads(p.read_text())["pid"] for p in workdir.glob("results/rel/*/cases/*/record.json")}
+    assert os.getpid() in pids and len(pids) >= 2  # the Ray cases ran in worker processes
