@@ -95,7 +95,10 @@ class Tracker:
             if self.uri.startswith("sqlite:///"):
                 db = Path(self.uri[len("sqlite:///"):]).resolve()
                 location = (db.parent / "mlartifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            # the kind tag makes the MLflow 3 UI open the experiment on its Runs table (not the GenAI view)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location,
+                tags={"mlflow.experimentKind": "custom_model_development", "bench.suite": experiment})
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
