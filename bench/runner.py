@@ -359,6 +359,8 @@ class CaseRunner:
         for phase, secs in self.timer.seconds.items():
             if phase.startswith("metric:"):
                 self.metrics["metric_time_s"] = self.metrics.get("metric_time_s", 0.0) + secs
+            key = "".join(c if c.isalnum() else "_" for c in phase)
+            self.metrics[f"time_{key}_s"] = secs
         record.update({"metrics": {k: v for k, v in self.metrics.items()},
                        "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
                        "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid()})
