@@ -101,6 +101,8 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
         results: Optional[Path] = typer.Option(None, "--results", help="results root (default from the suite)"),
         store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                              help="torch threads per case (default: all cores, or cores/workers)"),
         plugins: Optional[List[str]] = PluginsOpt) -> None:
     """Run every case of a suite and log it to MLflow."""
     from .session import RunOptions, run_suite
@@ -116,7 +118,8 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
     manager.registries.executor.entry(executor)
     opts = RunOptions(tracking_uri=tracking_uri, executor=executor, workers=workers, ray_address=ray_address,
                       resume=resume, quiet=quiet or not sys.stderr.isatty(), plugins=tuple(plugins or ()),
-                      results_root=str(results) if results else None, store=str(store) if store else None)
+                      results_root=str(results) if results else None, store=str(store) if store else None,
+                      threads=threads)
     code = run_suite(suite, manager, opts, echo=typer.echo)
     raise typer.Exit(code)
 

@@ -253,7 +253,14 @@ class CaseRunner:
         samples = torch.cat(outs)
         return SampleOutput(samples, seconds, counter.calls / max(batches, 1))
 
-    def run_metrics(self, family, sampler, dataset, samples, ctx: BuildContext) -> None:
+    def build_metrics(self, ctx: BuildContext) -> dict[str, Any]:
+        """Build every metric before training, so a bad metric setup (say, a missing weights file)
+        fails the case at once instead of after the training it would have wasted."""
+        with self.timer.phase("build"):
+            return {label(spec): self.regs.metric.create(spec, context=ctx)
+                    for spec in self.case.metrics if label(spec) not in self.skipped}
+
+    def run_metrics(self, family, sampler, dataset, samples, ctx: BuildContext, metrics: dict[str, Any]) -> None:
         def resample(n: int) -> SampleOutput:
             if sampler is None:
                 raise MetricSkipped("the case has no sampler")
@@ -264,7 +271,7 @@ class CaseRunner:
             if name in self.skipped:
                 continue
             self.deadline.check(f"metric {name}")
-            metric = self.regs.metric.create(spec, context=ctx)
+            metric = metrics[name]
             mdir = self.dir / "artifacts"
             mdir.mkdir(exist_ok=True)
             mctx = MetricContext(samples, dataset, family, sampler,
@@ -294,14 +301,15 @@ class CaseRunner:
                                dataset=dataset)
             with self.timer.phase("build"):
                 family = self.regs.family.create(case.family, context=ctx)
+                sampler = None if case.sampler is None else self.regs.sampler.create(case.sampler, context=ctx)
+            metrics = self.build_metrics(ctx)
             self.train_or_load(family, dataset)
             family.eval()
             self._describe(family, "family")
-            sampler, samples = None, None
-            if case.sampler is not None:
-                sampler = self.regs.sampler.create(case.sampler, context=ctx)
-                self._describe(sampler, "sampler")
+            samples = None
+            if sampler is not None:
                 out = self.sample(family, sampler, case.eval["num_samples"])
+                self._describe(sampler, "sampler")  # after sampling: samplers may report what they did
                 samples = out.samples
                 if not torch.isfinite(samples).all():
                     bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
@@ -316,7 +324,7 @@ class CaseRunner:
                 if getattr(sampler, "steps", None) is not None:
                     self.metrics["steps"] = float(sampler.steps)
                 self._grid(samples, dataset)
-            self.run_metrics(family, sampler, dataset, samples, ctx)
+            self.run_metrics(family, sampler, dataset, samples, ctx, metrics)
             record["status"] = "ok"
         except (KeyboardInterrupt, SystemExit):
             record["status"] = "killed"

@@ -36,6 +36,7 @@ class RunOptions:
     plugins: tuple[str, ...] = ()
     results_root: str | None = None
     store: str | None = None
+    threads: int | None = None
 
 
 def _sigterm(signum, frame):  # noqa: ARG001
@@ -75,7 +76,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
 
     store = opts.store or suite.store
     settings = RunSettings(store=store, results_dir=str(results_dir), plugins=tuple(opts.plugins),
-                           quiet=opts.quiet)
+                           quiet=opts.quiet, threads=opts.threads)
     records: list[dict[str, Any]] = []
     for case in resumed:
         run = finished[case.hash]

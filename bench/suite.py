@@ -373,6 +373,9 @@ class _Resolver:
         except UnknownComponentError as exc:
             raise exc.with_location(locate(self.positions, path + ("name",)) or locate(self.positions, path))
         params = {k: v for k, v in spec.items() if k not in ("name", "id") + _CASE_SECTIONS}
+        # the label (and so the case id) names only what the user set; defaults, nested ones included,
+        # are filled in below so that the logged config rebuilds the case exactly
+        user_label = str(spec["id"]) if spec.get("id") else label({"name": name, **params})
         nested = entry.meta.get("components", {}) or {}
         for key, sub_kind in nested.items():
             if key not in params:  # make the factory's default explicit, so it is logged and hashed
@@ -395,9 +398,7 @@ class _Resolver:
             if key in params:
                 validated[key] = params[key]
         out = {"name": name, **{k: validated[k] for k in params if k in validated}}
-        # the label (and so the case id) names only what the user set; defaults are filled in after
-        # so that the logged config rebuilds the case exactly
-        out["id"] = str(spec["id"]) if spec.get("id") else label(out)
+        out["id"] = user_label
         for key, value in _param_defaults(entry).items():
             out.setdefault(key, value)
         self.used[f"{kind}:{name}"] = self.versions.get(entry.plugin, "?")

@@ -18,6 +18,13 @@ from typing import Any, Iterable
 DEFAULT_URI = "sqlite:///mlflow.db"
 STATUS = {"ok": "FINISHED", "failed": "FAILED", "killed": "KILLED", "skipped": "FINISHED"}
 _SECRET = re.compile(r"(password|secret|token|credential|api_key)", re.I)
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def mlflow_key(key: str) -> str:
+    """A param/metric/tag key MLflow accepts: characters outside ``[A-Za-z0-9_-. :/]`` become ``_``
+    (a plugin may report e.g. ``fid@T=0.9``), at most 250 characters."""
+    return _BAD_KEY_CHARS.sub("_", str(key))[:250] or "_"
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -134,13 +141,13 @@ class Tracker:
                     "bench.status": record["status"], "bench.kind": "case",
                     "bench.trained": str(record.get("trained", False)).lower(), **(tags or {})}
         for k, v in (record.get("labels") or {}).items():
-            run_tags[f"bench.{k}"] = str(v)
+            run_tags[mlflow_key(f"bench.{k}")] = str(v)
         for k, v in (record.get("versions") or {}).items():
-            run_tags[f"bench.version.{k}"] = str(v)
+            run_tags[mlflow_key(f"bench.version.{k}")] = str(v)
         if record.get("error"):
             run_tags["bench.error"] = record["error"][:5000]
         for name, reason in (record.get("skipped_metrics") or {}).items():
-            run_tags[f"bench.skipped.{name}"] = reason[:250]
+            run_tags[mlflow_key(f"bench.skipped.{name}")] = reason[:250]
         if self.parent_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_id
         start_ms = int(record.get("started", time.time()) * 1000)
@@ -163,10 +170,11 @@ class Tracker:
         from mlflow.entities import Metric, Param
 
         ts = timestamp or int(time.time() * 1000)
-        param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
-        metric_list = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()]
+        param_list = list({mlflow_key(k): Param(mlflow_key(k), str(v)[:6000])
+                           for k, v in (params or {}).items()}.values())
+        metric_list = [Metric(mlflow_key(k), float(v), ts, 0) for k, v in (metrics or {}).items()]
         for key, points in (series or {}).items():
-            metric_list.extend(Metric(key, float(v), ts, int(step)) for step, v in points if v == v)
+            metric_list.extend(Metric(mlflow_key(key), float(v), ts, int(step)) for step, v in points if v == v)
         for i in range(0, len(param_list), 100):
             self.client.log_batch(run_id, params=param_list[i:i + 100])
         for i in range(0, len(metric_list), 1000):

@@ -32,6 +32,21 @@ def _failed(job: CaseJob, error: str) -> dict:
     return record
 
 
+def distinct_training_first(jobs: list[CaseJob]) -> list[CaseJob]:
+    """Order jobs so that the first case of every training key comes before any case that would
+    reuse a checkpoint: parallel workers then train different models instead of one waiting on the
+    store lock for another's training."""
+    from ..suite import Case
+
+    seen: set[str] = set()
+    first, rest = [], []
+    for job in jobs:
+        key = Case.from_dict(job.case).train_key
+        (rest if key in seen else first).append(job)
+        seen.add(key)
+    return first + rest
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -43,11 +58,11 @@ class ProcessExecutor:
         self.workers = max(1, workers or (os.cpu_count() or 1))
 
     def run(self, jobs: Iterable[CaseJob], on_result: Callable[[dict], None]) -> None:
-        jobs = list(jobs)
+        jobs = distinct_training_first(list(jobs))
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         for job in jobs:
             job.settings.quiet = True
-            job.settings.threads = threads
+            job.settings.threads = job.settings.threads or threads
         pending = list(jobs)
         while pending:
             ctx = mp.get_context("spawn")

@@ -30,10 +30,12 @@ class RayExecutor:
             ray.init(**kwargs)
         try:
             remote = ray.remote(num_cpus=1)(run_case)
-            jobs = list(jobs)
+            from .process import distinct_training_first
+
+            jobs = distinct_training_first(list(jobs))
             for job in jobs:
                 job.settings.quiet = True
-                job.settings.threads = 1
+                job.settings.threads = job.settings.threads or 1
             refs = {remote.remote(job): job for job in jobs}
             pending = list(refs)
             while pending:
