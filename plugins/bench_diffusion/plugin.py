@@ -1,0 +1,78 @@
+"""bench_diffusion: noise models, schedules, diffusion families, samplers and an oracle
+(docs/diffusion.md). Registration only: every target is a lazy ``"module:attr"`` string."""
+from __future__ import annotations
+
+from bench.hookspecs import hookimpl
+
+_P = "bench_diffusion"
+_FAMILY_CAPS = ["diffusion", "eps", "score", "x0", "likelihood"]
+_COMPONENTS = {"noise": "noise", "schedule": "schedule"}
+
+
+@hookimpl
+def bench_register_noise_models(register):
+    register("isotropic", f"{_P}.noise:isotropic", description="Sigma = I (every operator the identity)")
+    register("gff", f"{_P}.noise:gff",
+             description="Gaussian free field: FFT filter |k|^-gamma, DC at |k|=dc, diag(Sigma)=1, per channel")
+    register("anisotropic", f"{_P}.noise:anisotropic",
+             description="dense covariance over the flattened sample (cov, or equicorrelation rho); eigh root")
+    register("diagonal", f"{_P}.noise:diagonal", description="Sigma = diag(variances)")
+
+
+@hookimpl
+def bench_register_schedules(register):
+    register("linear", f"{_P}.schedules:linear", kind="vp", description="linear betas 1e-4..0.02 (VP)")
+    register("cosine", f"{_P}.schedules:cosine", kind="vp", description="cosine alpha_bar, s=0.008, clip 0.999 (VP)")
+    register("quadratic", f"{_P}.schedules:quadratic", kind="vp", description="quadratic betas (VP)")
+    register("sigmoid", f"{_P}.schedules:sigmoid", kind="vp", description="sigmoid betas (VP)")
+    register("geometric", f"{_P}.schedules:geometric", kind="ve",
+             description="geometric sigmas (VE/SMLD); sigma_max='auto' from the data's max Sigma^-1 distance")
+    register("karras", f"{_P}.schedules:karras", kind="ve", description="Karras/EDM sigmas, rho=7 (VE)")
+
+
+@hookimpl
+def bench_register_families(register):
+    vp, ve = _FAMILY_CAPS + ["vp", "discrete"], _FAMILY_CAPS + ["ve", "discrete"]
+    register("ddpm", f"{_P}.families:ddpm", provides=vp, components=_COMPONENTS,
+             description="DDPM (discrete VP, T steps; eps/x0/v prediction); NI-DDPM with a non-isotropic noise")
+    register("ni_ddpm", f"{_P}.families:ni_ddpm", provides=vp, components=_COMPONENTS,
+             description="NI-DDPM: ddpm with GFF noise by default (thesis 6.2)")
+    register("smld", f"{_P}.families:smld", provides=ve, components=_COMPONENTS,
+             description="SMLD (discrete VE, L geometric levels), noise-conditional or unconditional score net")
+    register("ni_smld", f"{_P}.families:ni_smld", provides=ve, components=_COMPONENTS,
+             description="NI-SMLD: smld with GFF noise by default (thesis 6.3)")
+    register("vp_sde", f"{_P}.families:vp_sde", provides=_FAMILY_CAPS + ["vp", "continuous"],
+             components=_COMPONENTS, description="VP SDE trained in continuous time")
+    register("ve_sde", f"{_P}.families:ve_sde", provides=_FAMILY_CAPS + ["ve", "continuous"],
+             components=_COMPONENTS, description="VE SDE trained in continuous time")
+    oracle_caps = _FAMILY_CAPS + ["oracle", "discrete", "continuous"]
+    register("oracle", f"{_P}.oracle:oracle", provides=oracle_caps + ["vp", "ve"], components=_COMPONENTS,
+             trainable=False, description="exact score of Gaussian/GMM data under a VP or VE process (process=)")
+    register("oracle_vp", f"{_P}.oracle:oracle", defaults={"process": "vp"}, provides=oracle_caps + ["vp"],
+             components=_COMPONENTS, trainable=False, description="the oracle as a VP (ddpm-like) process")
+    register("oracle_ve", f"{_P}.oracle:oracle", defaults={"process": "ve"}, provides=oracle_caps + ["ve"],
+             components=_COMPONENTS, trainable=False, description="the oracle as a VE (smld-like) process")
+
+
+@hookimpl
+def bench_register_samplers(register):
+    s = f"{_P}.samplers"
+    register("ancestral", f"{s}.discrete:Ancestral", requires=["vp"],
+             description="DDPM ancestral sampling, posterior variance beta-tilde or beta, respaced")
+    register("ddim", f"{s}.discrete:DDIM", requires=["vp"], description="DDIM with eta, respaced")
+    register("ald", f"{s}.langevin:ALD", requires=["ve", "score"],
+             description="annealed Langevin dynamics, Sigma-preconditioned (E11)")
+    register("cas", f"{s}.langevin:CAS", requires=["ve", "score"],
+             description="consistent annealed sampling, Sigma-preconditioned")
+    register("euler_maruyama", f"{s}.sde:EulerMaruyama", requires=["score"],
+             description="Euler-Maruyama on the reverse SDE")
+    register("pc", f"{s}.sde:PredictorCorrector", requires=["score"],
+             description="predictor-corrector: Langevin corrector (snr) + Euler-Maruyama predictor")
+    register("pf_ode", f"{s}.sde:PFODE", requires=["score"],
+             description="probability-flow ODE via torchdiffeq (euler, midpoint, rk4, dopri5, bosh3, ...)")
+
+
+@hookimpl
+def bench_register_datasets(register):
+    register("gaussian_image", f"{_P}.data:GaussianImage", modality="image",
+             description="an image-shaped Gaussian (C, n, n) with known mean and covariance (oracle under GFF)")

@@ -1,0 +1,277 @@
+"""Forward processes: x_t = alpha(t) x_0 + sigma(t) sqrt(Sigma) eps, eps ~ N(0, I), t in [0, 1].
+
+One object covers the four processes of the thesis (diffusion-math.md section 4):
+
+- VP (DDPM / NI-DDPM / VP SDE): alpha = sqrt(alpha_bar(t)), sigma = sqrt(1 - alpha_bar(t))
+  (2.4.5, 6.2.2-3); SDE dx = -1/2 beta x dt + sqrt(beta) sqrt(Sigma) dw (2.4.44, 6.2.33).
+- VE (SMLD / NI-SMLD / VE SDE): alpha = 1, sigma = sigma(t) (2.5.1, 6.3.1);
+  SDE dx = sqrt(d sigma^2 / dt) sqrt(Sigma) dw (2.5.13, 6.3.16).
+
+In both, f(t) = d log alpha / dt and g^2(t) = d sigma^2 / dt - 2 f sigma^2 give the SDE
+dx = f x dt + g sqrt(Sigma) dw: VP f = 1/2 dlog alpha_bar, g^2 = -dlog alpha_bar = beta(t);
+VE f = 0, g^2 = 2 sigma^2 dlog sigma = d sigma^2/dt (section 3 table).
+
+Discrete processes have a training grid of T times: VP t_i = i / T (i = 1..T; t = 0 is the data),
+VE t_i = (i - 1) / (L - 1) (i = 1..L). Their continuous form, used by SDE/ODE samplers and the ODE
+likelihood, passes exactly through the discrete table: VE geometric/karras sigmas are the schedule's
+continuous sigma(t) at the grid; for VP, log alpha_bar is interpolated between the grid points by a
+monotone C^1 cubic (PCHIP) through (0, 0) and (i/T, log alpha_bar_i), so a network trained at the
+discrete levels is queried at exactly those levels on the grid.
+
+The network's noise-level input is ``1000 t`` (a float in [0, 1000]; the timestep index scaled to
+1000 for discrete VP, 1000 (i-1)/(L-1) for discrete VE).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.interpolate import PchipInterpolator
+
+from .schedules import VESchedule, VPSchedule, respace
+
+
+class HermiteCurve:
+    """A C^1 piecewise-cubic y(t) through knots (t_k, y_k) with slopes m_k (from scipy's PCHIP),
+    evaluated in torch float64 with its derivative."""
+
+    def __init__(self, t: np.ndarray, y: np.ndarray):
+        pchip = PchipInterpolator(t, y)
+        self.t = torch.from_numpy(np.asarray(t, np.float64))
+        self.y = torch.from_numpy(np.asarray(y, np.float64))
+        self.m = torch.from_numpy(np.asarray(pchip.derivative()(t), np.float64))
+
+    def _locate(self, t: torch.Tensor):
+        k = (torch.searchsorted(self.t, t.contiguous(), right=True) - 1).clamp(0, len(self.t) - 2)
+        h = self.t[k + 1] - self.t[k]
+        s = (t - self.t[k]) / h
+        return k, h, s
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        k, h, s = self._locate(t)
+        s2, s3 = s * s, s * s * s
+        return ((2 * s3 - 3 * s2 + 1) * self.y[k] + (s3 - 2 * s2 + s) * h * self.m[k]
+                + (-2 * s3 + 3 * s2) * self.y[k + 1] + (s3 - s2) * h * self.m[k + 1])
+
+    def derivative(self, t: torch.Tensor) -> torch.Tensor:
+        k, h, s = self._locate(t)
+        s2 = s * s
+        return ((6 * s2 - 6 * s) / h * self.y[k] + (3 * s2 - 4 * s + 1) * self.m[k]
+                + (-6 * s2 + 6 * s) / h * self.y[k + 1] + (3 * s2 - 2 * s) * self.m[k + 1])
+
+
+def _t64(t: Any) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.detach().to(torch.float64)
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class PosteriorCoeffs:
+    """q(x_s | x_t, x_0) = N(c_xt x_t + c_x0 x_0, var * Sigma) for s < t, and the transition
+    variance var_ts (x_t | x_s ~ N(a_ts x_s, var_ts Sigma)). diffusion-math.md 2.4.21 / 6.2.17."""
+
+    c_xt: float
+    c_x0: float
+    var: float
+    var_ts: float
+    alpha_s: float
+    sigma_s: float
+
+
+class Process:
+    """A Gaussian forward process with noise model ``noise`` on samples of shape ``shape``.
+
+    ``kind`` is "vp" or "ve"; ``T`` is the number of discrete training levels (None: continuous
+    time, t ~ U[t_min, 1] in training).
+    """
+
+    def __init__(self, kind: str, schedule: Any, noise: Any, shape: tuple[int, ...], T: int | None = None,
+                 t_min: float | None = None):
+        if kind not in ("vp", "ve"):
+            raise ValueError(f"process kind must be 'vp' or 've', got {kind!r}")
+        want = VPSchedule if kind == "vp" else VESchedule
+        if not isinstance(schedule, want) and getattr(schedule, "kind", None) != kind:
+            raise ValueError(f"a {kind.upper()} process needs a {kind.upper()} schedule "
+                             f"({'linear, cosine, quadratic, sigmoid' if kind == 'vp' else 'geometric, karras'}); "
+                             f"got '{getattr(schedule, 'name', type(schedule).__name__)}'")
+        if T is not None and T < 2:
+            raise ValueError(f"a discrete process needs at least 2 levels, got {T}")
+        self.kind, self.schedule, self.noise, self.shape, self.T = kind, schedule, noise, tuple(shape), T
+        self.discrete = T is not None
+        if kind == "vp" and self.discrete:
+            ab = schedule.alpha_bars(T)
+            knots = np.arange(T + 1, dtype=np.float64) / T
+            self._curve = HermiteCurve(knots, np.concatenate([[0.0], np.log(ab)]))
+            self.grid = torch.from_numpy(knots[1:])
+            self.table = {"betas": schedule.betas(T), "alpha_bars": ab}
+        elif kind == "vp":
+            self._curve = None
+            self.grid = None
+        else:
+            self.grid = torch.linspace(0, 1, T, dtype=torch.float64) if self.discrete else None
+            self._curve = None
+            if self.discrete:
+                self.table = {"sigmas": schedule.sigmas(T)}
+        if t_min is None:
+            t_min = (1.0 / T if self.discrete else 1e-3) if kind == "vp" else 0.0
+        self.t_min, self.t_max = float(t_min), 1.0
+        if not 0 <= self.t_min < self.t_max:
+            raise ValueError(f"t_min must be in [0, 1), got {t_min}")
+        if kind == "vp" and self.t_min <= 0:
+            raise ValueError("a VP process needs t_min > 0 (sigma(0) = 0)")
+
+    # ------------------------------------------------------------------ marginal
+    def log_alpha_bar(self, t: Any) -> torch.Tensor:
+        t = _t64(t)
+        return self._curve(t) if self._curve is not None else self.schedule.log_alpha_bar(t)
+
+    def dlog_alpha_bar(self, t: Any) -> torch.Tensor:
+        t = _t64(t)
+        return self._curve.derivative(t) if self._curve is not None else self.schedule.dlog_alpha_bar(t)
+
+    def alpha_sigma(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha(t), sigma(t) (float64 tensors of t's shape)."""
+        t = _t64(t)
+        if self.kind == "vp":
+            lab = self.log_alpha_bar(t)
+            return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
+        return torch.ones_like(t), torch.exp(self.schedule.log_sigma(t))
+
+    def alpha(self, t: Any) -> float:
+        return float(self.alpha_sigma(t)[0])
+
+    def sigma(self, t: Any) -> float:
+        return float(self.alpha_sigma(t)[1])
+
+    def f(self, t: Any) -> float:
+        """Drift coefficient f(t) = d log alpha / dt of dx = f x dt + g sqrt(Sigma) dw."""
+        return 0.5 * float(self.dlog_alpha_bar(t)) if self.kind == "vp" else 0.0
+
+    def g2(self, t: Any) -> float:
+        """g(t)^2 = d sigma^2/dt - 2 f sigma^2 (VP: beta(t); VE: d sigma^2 / dt)."""
+        if self.kind == "vp":
+            return -float(self.dlog_alpha_bar(t))
+        t = _t64(t)
+        return float(2 * torch.exp(2 * self.schedule.log_sigma(t)) * self.schedule.dlog_sigma(t))
+
+    def snr(self, t: Any) -> float:
+        a, s = self.alpha_sigma(t)
+        return float(a * a / (s * s))
+
+    # ------------------------------------------------------------------ transitions
+    def posterior(self, t: Any, s: Any | None) -> PosteriorCoeffs:
+        """Coefficients of q(x_s | x_t, x_0), s < t; ``s=None`` is the data (alpha = 1, sigma = 0).
+
+        With a_ts = alpha_t / alpha_s and var_ts = sigma_t^2 - a_ts^2 sigma_s^2 (the variance of
+        x_t | x_s, in units of Sigma): c_xt = a_ts sigma_s^2 / sigma_t^2, c_x0 = alpha_s var_ts /
+        sigma_t^2, var = var_ts sigma_s^2 / sigma_t^2. For consecutive DDPM steps these are exactly
+        2.4.21 (var_ts = beta_t, var = beta-tilde); the covariance is var * Sigma (6.2.17).
+        """
+        t = _t64(t)
+        if self.kind == "vp":
+            lab_t = self.log_alpha_bar(t)
+            lab_s = torch.zeros_like(t) if s is None else self.log_alpha_bar(s)
+            var_ts = -torch.expm1(lab_t - lab_s)
+            sig2_t, sig2_s = -torch.expm1(lab_t), -torch.expm1(lab_s)
+            a_ts, alpha_s = torch.exp(0.5 * (lab_t - lab_s)), torch.exp(0.5 * lab_s)
+        else:
+            sig2_t = torch.exp(2 * self.schedule.log_sigma(t))
+            sig2_s = torch.zeros_like(t) if s is None else torch.exp(2 * self.schedule.log_sigma(_t64(s)))
+            var_ts, a_ts, alpha_s = sig2_t - sig2_s, torch.ones_like(t), torch.ones_like(t)
+        return PosteriorCoeffs(c_xt=float(a_ts * sig2_s / sig2_t), c_x0=float(alpha_s * var_ts / sig2_t),
+                               var=float(var_ts * sig2_s / sig2_t), var_ts=float(var_ts),
+                               alpha_s=float(alpha_s), sigma_s=float(torch.sqrt(sig2_s)))
+
+    def q_sample(self, x0: torch.Tensor, t: Any, eps: torch.Tensor) -> torch.Tensor:
+        """x_t = alpha(t) x_0 + sigma(t) sqrt(Sigma) eps (6.2.3 / 6.3.2); ``t`` scalar or (B,)."""
+        a, s = self.alpha_sigma(t)
+        return _bcast(a, x0) * x0 + _bcast(s, x0) * self.noise.sqrt(eps)
+
+    # ------------------------------------------------------------------ time grids
+    @property
+    def default_spacing(self) -> str:
+        return "leading" if (self.kind == "vp" and self.discrete) else "linspace"
+
+    def sampling_times(self, steps: int | None, spacing: str | None = None) -> list[float]:
+        """``steps`` decreasing times from the top of the grid down to its lowest level.
+
+        Discrete: :func:`schedules.respace` of the T training levels (steps=None: all of them).
+        Continuous: ``linspace`` = steps points from 1 to t_min inclusive; ``leading`` =
+        t_min + (1 - t_min) k / steps, k = 0..steps-1; ``trailing`` = the same with k = 1..steps.
+        """
+        spacing = spacing or self.default_spacing
+        if self.discrete:
+            idx = respace(self.T, self.T if steps is None else int(steps), spacing)
+            return [float(self.grid[i - 1]) for i in idx]
+        n = 1000 if steps is None else int(steps)
+        if n < 1:
+            raise ValueError("steps must be >= 1")
+        lo, hi = self.t_min, self.t_max
+        if spacing == "linspace":
+            ts = np.linspace(hi, lo, n) if n > 1 else np.array([hi])
+        elif spacing == "leading":
+            ts = (lo + (hi - lo) * np.arange(n) / n)[::-1]
+        elif spacing == "trailing":
+            ts = (lo + (hi - lo) * np.arange(1, n + 1) / n)[::-1]
+        else:
+            raise ValueError(f"unknown spacing {spacing!r}: use leading, trailing or linspace")
+        return [float(v) for v in ts]
+
+    def ode_times(self, steps: int) -> list[float]:
+        """steps + 1 uniform times from t_max down to t_min (SDE/ODE integrators)."""
+        return [float(v) for v in np.linspace(self.t_max, self.t_min, int(steps) + 1)]
+
+    def sample_t(self, rng: Any) -> torch.Tensor:
+        """Training times (B,), float64: uniform over the grid (discrete) or U[t_min, 1]."""
+        if self.discrete:
+            return self.grid[rng.randint(self.T).cpu()]
+        return self.t_min + (self.t_max - self.t_min) * rng.rand(dtype=torch.float64).cpu()
+
+    # ------------------------------------------------------------------ prior
+    def prior_scale(self, t: Any) -> float:
+        """Std of the prior at time t in units of sqrt(Sigma): 1 for VP (N(0, Sigma), since
+        alpha^2 + sigma^2 = 1), sigma(t) for VE (N(0, sigma^2 Sigma), E10)."""
+        return 1.0 if self.kind == "vp" else self.sigma(t)
+
+    def prior_sample(self, rng: Any, t: Any | None = None) -> torch.Tensor:
+        scale = self.prior_scale(self.t_max if t is None else t)
+        return scale * self.noise.sample(rng)
+
+    def prior_log_prob(self, x: torch.Tensor, t: Any | None = None) -> torch.Tensor:
+        scale = self.prior_scale(self.t_max if t is None else t)
+        return self.noise.log_prob(x, scale * scale)
+
+    # ------------------------------------------------------------------ provenance
+    def describe(self, max_table: int = 2000) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "discrete": self.discrete, "T": self.T, "t_min": self.t_min,
+                               "t_max": self.t_max, "schedule": self.schedule.describe(),
+                               "noise": self.noise.describe(), "time_input": "1000 * t"}
+        if self.discrete and self.T <= max_table:
+            a, s = self.alpha_sigma(self.grid)
+            out["grid"] = {"t": self.grid.tolist(), "alpha": a.tolist(), "sigma": s.tolist()}
+            if self.kind == "vp":
+                out["grid"]["beta"] = self.table["betas"].tolist()
+        return out
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    v = v.to(device=like.device, dtype=like.dtype)
+    return v.reshape(v.shape + (1,) * (like.dim() - v.dim())) if v.dim() else v
+
+
+def levels_info(process: Process, times: list[float]) -> dict[str, list[float]]:
+    """The realised sequence of a sampler: times, alpha, sigma (and the network input 1000 t)."""
+    t = torch.tensor(times, dtype=torch.float64)
+    a, s = process.alpha_sigma(t)
+    return {"t": [round(v, 10) for v in times], "net_input": [1000 * v for v in times],
+            "alpha": a.tolist(), "sigma": s.tolist(), "sigma_over_alpha": (s / a).tolist()}
+
+
+def harmonic_mean(values: np.ndarray) -> float:
+    """sigma_H with 1 / sigma_H = mean(1 / sigma_i) (section 4.2.4)."""
+    return float(1.0 / np.mean(1.0 / np.asarray(values, np.float64)))
+
+
