@@ -9,24 +9,23 @@ A bench feature extractor (registry kind ``feature_extractor``) is an object wit
   (``feature_extractor``, ``feature_layer_*``, ``feature_extractor_weights_path``),
 - ``describe()``: everything that determines the features (name, layer, weights sha256, ...),
   logged and part of the reference-statistics cache key,
-- ``metrics()``: numbers worth logging about it (e.g. the digits classifier's test accuracy).
+- ``metrics()``: numbers worth logging about it (e.g. the digits classifier's test accuracy),
+- optional ``trained_on``: the dataset split it was fitted on (the fidelity metrics then use that
+  split as the reference and draw the noise-floor sample from the unseen split),
+- optional ``threads``: intra-op threads for feature extraction (1 for small networks).
 
 Any other registered extractor that is a plain callable ``f(images) -> (N, d)`` features, with
 images float ``(N, C, H, W)`` in model space [-1, 1], is wrapped by :func:`as_fidelity_extractor`.
 
-Preprocessing (all extractors): model-space images are converted to what torch-fidelity feeds an
-extractor, uint8 RGB ``(N, 3, H, W)`` at the data's own resolution: clamp to [-1, 1]; with
-``quantize`` and L levels, ``k = round((x + 1) / 2 (L - 1))`` then ``u = round(255 k / (L - 1))``
-(else ``u = round(127.5 (x + 1))``); grey is repeated to 3 channels. Each extractor resizes inside
-(Inception: TF-compatible bilinear to 299; the digits CNN: bilinear to its training size).
+Preprocessing is shared (:mod:`bench_metrics.extractor_base`: uint8 RGB at the data's resolution);
+each extractor resizes inside (Inception, :mod:`bench_metrics.inception`: TF-compatible bilinear to
+299; the digits CNN: bilinear to its training size).
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
-from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,40 +35,17 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.errors import UserError
-from bench.store import content_key, file_sha256
+from bench.store import content_key
 
 from . import digits_classifier as dc
 from .common import tensor_digest
+from .extractor_base import FidelityExtractor, cached_sha256, preprocessing, to_uint8_rgb, uint8_rgb_to_model
+from .inception import InceptionV3
+
+__all__ = ["FidelityExtractor", "InceptionV3", "DigitsClassifier", "RandomProjection", "CallableExtractor", "auto",
+           "as_fidelity_extractor", "preprocessing", "to_uint8_rgb", "register_with_torch_fidelity"]
 
 STORE_KIND = "feature_extractors"
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_SHA_PREFIX = "6726825d"
-
-
-# ---------------------------------------------------------------------------------- preprocessing
-def preprocessing(levels: int | None, quantize: bool) -> dict[str, Any]:
-    """A description of :func:`to_uint8_rgb`'s settings (part of cache keys)."""
-    return {"to": "uint8-rgb", "version": 1, "levels": levels, "quantize": bool(quantize and levels)}
-
-
-def to_uint8_rgb(x: torch.Tensor, levels: int | None, quantize: bool = True) -> torch.Tensor:
-    """Model-space images ``(N, C, H, W)`` in [-1, 1] -> uint8 ``(N, 3, H, W)`` (see module doc)."""
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"expected images (N, 1|3, H, W), got {tuple(x.shape)}")
-    x = x.detach().to(torch.float64).clamp(-1, 1)
-    if quantize and levels:
-        k = torch.round((x + 1) / 2 * (levels - 1))
-        u = torch.round(k * 255.0 / (levels - 1))
-    else:
-        u = torch.round((x + 1) * 127.5)
-    u = u.to(torch.uint8)
-    return u.expand(-1, 3, -1, -1).contiguous() if u.shape[1] == 1 else u
-
-
-def uint8_rgb_to_model(u: torch.Tensor, channels: int) -> torch.Tensor:
-    """Inverse of the uint8 step for wrapped callables: float model space with ``channels``."""
-    x = u.to(torch.float32) / 127.5 - 1
-    return x.mean(dim=1, keepdim=True) if channels == 1 else x
 
 
 # ---------------------------------------------------------------------------------- torch-fidelity side
@@ -157,131 +133,6 @@ register_with_torch_fidelity()
 
 
 # ---------------------------------------------------------------------------------- bench side
-class FidelityExtractor:
-    """Base of the bench-side extractors (see the module docstring for the protocol)."""
-
-    name = "?"
-    fidelity_name = "?"
-    feature_layer = "?"
-    weights_path: str | None = None
-
-    def prepare(self) -> None:
-        pass
-
-    def fidelity_kwargs(self) -> dict[str, Any]:
-        out = {"feature_extractor": self.fidelity_name, "feature_layer_fid": self.feature_layer,
-               "feature_layer_kid": self.feature_layer, "feature_layer_prc": self.feature_layer}
-        if self.weights_path:
-            out["feature_extractor_weights_path"] = str(self.weights_path)
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "fidelity_name": self.fidelity_name, "feature_layer": self.feature_layer}
-
-    def metrics(self) -> dict[str, float]:
-        return {}
-
-
-_SHA_CACHE: dict[tuple, str] = {}
-
-
-def cached_sha256(path: str | Path) -> str:
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(Path(path))
-    return _SHA_CACHE[key]
-
-
-def _allow_download_env() -> bool:
-    return os.environ.get("BENCH_ALLOW_DOWNLOAD", "").strip().lower() in ("1", "true", "yes")
-
-
-class InceptionV3(FidelityExtractor):
-    """``inception-v3-compat``: torch-fidelity's InceptionV3 (TF 2015-12-05 weights), pool3 features.
-
-    Weights, first found: ``weights_path``; ``$BENCH_INCEPTION_WEIGHTS``; the torch hub cache
-    (``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``). Without any, it
-    downloads only if ``allow_download`` or ``BENCH_ALLOW_DOWNLOAD=1``; otherwise it fails at once
-    with instructions. A given file is checked (loads as a plain state dict with the Inception
-    keys and shapes) before torch-fidelity sees it."""
-
-    name = "inception-v3-compat"
-    fidelity_name = "inception-v3-compat"
-
-    def __init__(self, weights_path: str | None = None, allow_download: bool = False,
-                 feature_layer: Literal["64", "192", "768", "2048", "logits_unbiased"] = "2048",
-                 internal_dtype: Literal["float32", "float64"] = "float32"):
-        self.feature_layer = feature_layer
-        self.internal_dtype = internal_dtype
-        self.weights_path = resolve_inception_weights(weights_path, allow_download)
-        self.sha256: str | None = None
-
-    def prepare(self) -> None:
-        if self.weights_path is None:  # download allowed: let torch hub fetch it into its cache
-            from torch.hub import get_dir, load_state_dict_from_url
-            from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-            load_state_dict_from_url(URL_INCEPTION_V3, progress=False, check_hash=True)
-            self.weights_path = str(Path(get_dir()) / "checkpoints" / INCEPTION_FILE)
-        if self.sha256 is None:
-            self.sha256 = cached_sha256(self.weights_path)
-
-    def fidelity_kwargs(self) -> dict[str, Any]:
-        return {**super().fidelity_kwargs(), "feature_extractor_internal_dtype": self.internal_dtype}
-
-    def describe(self) -> dict[str, Any]:
-        d = {**super().describe(), "weights_path": self.weights_path, "weights_sha256": self.sha256,
-             "internal_dtype": self.internal_dtype, "input": "uint8 RGB, TF-compatible bilinear resize to 299"}
-        if self.sha256 and not self.sha256.startswith(INCEPTION_SHA_PREFIX):
-            d["warning"] = "weights differ from torch-fidelity's standard file: FIDs are not comparable"
-        return d
-
-
-_HOW_TO = ("set BENCH_INCEPTION_WEIGHTS=/path/to/" + INCEPTION_FILE + " (download it once from "
-           "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE +
-           ") or the extractor parameter weights_path, or allow the download with BENCH_ALLOW_DOWNLOAD=1 or "
-           "allow_download: true, or use extractor digits-classifier or random-proj")
-
-
-def resolve_inception_weights(weights_path: str | None, allow_download: bool) -> str | None:
-    """The checked weights file, or None when a download is allowed and nothing is local."""
-    source = "weights_path"
-    if not weights_path and os.environ.get("BENCH_INCEPTION_WEIGHTS"):
-        weights_path, source = os.environ["BENCH_INCEPTION_WEIGHTS"], "BENCH_INCEPTION_WEIGHTS"
-    if not weights_path:
-        from torch.hub import get_dir
-
-        cached = Path(get_dir()) / "checkpoints" / INCEPTION_FILE
-        if cached.is_file():
-            weights_path, source = str(cached), "the torch hub cache"
-    if not weights_path:
-        if allow_download or _allow_download_env():
-            return None
-        raise UserError("inception-v3-compat: no InceptionV3 weights available offline and downloads are "
-                        "not allowed", hint=_HOW_TO)
-    check_inception_weights(weights_path, source)
-    return str(Path(weights_path).expanduser().resolve())
-
-
-def check_inception_weights(path: str, source: str = "weights_path") -> None:
-    """Raise a UserError unless ``path`` is a loadable InceptionV3 (torch-fidelity) state dict."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"inception-v3-compat: the weights file from {source} does not exist: {p}", hint=_HOW_TO)
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"inception-v3-compat: the weights file {p} (from {source}) is corrupt or not a "
-                        f"PyTorch state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-                        hint=_HOW_TO) from None
-    want = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 2048)}
-    if not isinstance(state, dict) or any(
-            k not in state or tuple(getattr(state[k], "shape", ())) != s for k, s in want.items()):
-        raise UserError(f"inception-v3-compat: {p} (from {source}) is not torch-fidelity's InceptionV3 "
-                        f"state dict (expected keys {sorted(want)} with shapes {list(want.values())})", hint=_HOW_TO)
-
-
 class DigitsClassifier(FidelityExtractor):
     """``digits-classifier``: the CNN of :mod:`bench_metrics.digits_classifier`, trained on the
     case dataset's train split and labels (``dataset.labels(split)``) and cached in the store under
@@ -292,9 +143,12 @@ class DigitsClassifier(FidelityExtractor):
     fidelity_name = "bench-digits-classifier"
     feature_layer = "features"
 
-    def __init__(self, width: Annotated[int, Field(gt=0)] = 32, feature_dim: Annotated[int, Field(gt=0)] = 64,
-                 epochs: Annotated[int, Field(gt=0)] = 30, batch_size: Annotated[int, Field(gt=0)] = 64,
-                 lr: Annotated[float, Field(gt=0)] = 2e-3, seed: int = 0, context=None):
+    trained_on = "train"
+    threads = 1  # small convolutions: fastest single-threaded
+
+    def __init__(self, width: Annotated[int, Field(gt=0)] = 16, feature_dim: Annotated[int, Field(gt=0)] = 64,
+                 epochs: Annotated[int, Field(gt=0)] = 20, batch_size: Annotated[int, Field(gt=0)] = 64,
+                 lr: Annotated[float, Field(gt=0)] = 3e-3, seed: int = 0, context=None):
         dataset = getattr(context, "dataset", None)
         info = getattr(context, "data", None) or getattr(dataset, "info", None)
         if dataset is None or info is None or not hasattr(dataset, "labels") or info.modality != "image" \
@@ -362,6 +216,7 @@ class RandomProjection(FidelityExtractor):
     name = "random-proj"
     fidelity_name = "bench-random-proj"
     feature_layer = "proj"
+    threads = 1
 
     def __init__(self, dim: Annotated[int, Field(gt=0)] = 64, seed: int = 0, context=None):
         info = getattr(context, "data", None)

@@ -34,7 +34,7 @@ def bench_register_metrics(register):
 def bench_register_feature_extractors(register):
     register("auto", f"{_M}.extractors:auto",
              description="digits-classifier for the digits datasets, inception-v3-compat otherwise")
-    register("inception-v3-compat", f"{_M}.extractors:InceptionV3",
+    register("inception-v3-compat", f"{_M}.inception:InceptionV3",
              description="torch-fidelity's TF-compatible InceptionV3 (pool3, 2048-d); offline: weights path needed")
     register("digits-classifier", f"{_M}.extractors:DigitsClassifier",
              description="small CNN trained deterministically on the digits train split (cached); penultimate layer")

@@ -1,0 +1,344 @@
+"""FID, KID and precision/recall computed with torch-fidelity's own functions, in a named feature space.
+
+Features f = phi(u) of uint8 RGB images u (see :mod:`bench_metrics.extractors` for phi and the
+preprocessing) are extracted by torch-fidelity (``create_feature_extractor`` +
+``get_featuresdict_from_dataset``, exactly what ``calculate_metrics`` runs on a Dataset input), then
+
+- FID  = |mu_g - mu_r|^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2))   (``fid_statistics_to_metric``; mu, S the
+  feature mean and covariance, ``fid_features_to_statistics``);
+- KID  = mean over ``kid_subsets`` random subsets of size s of the unbiased MMD^2 with the kernel
+  k(a, b) = (a.b / d + 1)^3                                  (``kid_features_to_metric``);
+- precision = fraction of generated features inside the union of the real k-NN balls, recall =
+  fraction of real features inside the generated k-NN balls (``prc_features_to_metric``, Kynkaanniemi
+  et al. 2019, k = ``neighborhood``).
+
+The reference features (and FID statistics) of the real sets are cached in the store under a content
+hash of (the real images after preprocessing, dataset name, split, count, preprocessing, extractor
+identity incl. weights sha256, batch size), so a second metric on the same reference recomputes
+nothing (``<key>_ref_cached`` = 1). Every distance is logged with its floor: the same distance from
+a real sample of the same size as the generated set (other split, disjoint) to the same reference.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import (KEY_METRIC_F_SCORE, KEY_METRIC_PRECISION, KEY_METRIC_RECALL,
+                                       prc_features_to_metric)
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from bench.store import content_key
+
+from .common import OTHER_SPLIT, RealSets, generated, real_sets, tensor_digest
+from .digits_classifier import threads
+from .extractors import FidelityExtractor, as_fidelity_extractor, preprocessing, to_uint8_rgb
+
+REF_KIND = "fidelity_reference"
+#: how often reference features were computed / loaded from the store in this process
+COUNTERS = {"reference_computed": 0, "reference_loaded": 0}
+_VOLATILE = ("weights_path", "test_accuracy", "warning", "key")
+
+
+class ImageTensorDataset(torch.utils.data.Dataset):
+    """A uint8 image tensor as the ``torch.utils.data.Dataset`` torch-fidelity accepts as input."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+_MODULES: dict[tuple, Any] = {}
+_GEN_CACHE: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def identity(ext: FidelityExtractor) -> dict[str, Any]:
+    """What determines an extractor's features (its description without paths and logs)."""
+    return {k: v for k, v in ext.describe().items() if k not in _VOLATILE}
+
+
+def fidelity_module(ext: FidelityExtractor):
+    """torch-fidelity's extractor module for ``ext`` (created once per process)."""
+    kw = ext.fidelity_kwargs()
+    key = tuple(sorted((k, str(v)) for k, v in kw.items()))
+    with _LOCK:
+        if key not in _MODULES:
+            _MODULES[key] = create_feature_extractor(kw["feature_extractor"], [ext.feature_layer], cuda=False,
+                                                     verbose=False, **{k: v for k, v in kw.items()
+                                                                       if k != "feature_extractor"})
+        return _MODULES[key]
+
+
+def extract_features(ext: FidelityExtractor, images_u8: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Features ``(N, d)`` of uint8 RGB images, by torch-fidelity's own extraction loop."""
+    with threads(getattr(ext, "threads", None)):
+        out = get_featuresdict_from_dataset(ImageTensorDataset(images_u8), fidelity_module(ext), batch_size,
+                                            cuda=False, save_cpu_ram=True, verbose=False)
+    return out[ext.feature_layer]
+
+
+@dataclass
+class Features:
+    features: torch.Tensor
+    stats: dict[str, np.ndarray]
+    key: str
+    cached: bool
+
+
+def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, quantize: bool,
+                  batch_size: int, store, log=lambda m: None) -> Features:
+    """Features and FID statistics of real images ``x``, from the store or computed and stored."""
+    u8 = to_uint8_rgb(x, info.levels, quantize)
+    what = {"dataset": info.name, "split": split, "num_samples": len(x),
+            "preprocessing": preprocessing(info.levels, quantize), "extractor": identity(ext),
+            "batch_size": batch_size}
+    key = content_key("fidelity-reference", 1, tensor_digest(u8), what)
+    with store.lock(REF_KIND, key):
+        entry = store.get(REF_KIND, key)
+        if entry is not None:
+            feats = torch.load(entry / "features.pt", map_location="cpu", weights_only=True)
+            with np.load(entry / "stats.npz", allow_pickle=False) as z:
+                stats = {"mu": z["mu"], "sigma": z["sigma"]}
+            COUNTERS["reference_loaded"] += 1
+            log(f"reference features of {info.name}/{split} (n={len(x)}, {ext.name}) loaded from the store "
+                f"({key[:12]})")
+            return Features(feats, stats, key, True)
+        feats = extract_features(ext, u8, batch_size)
+        stats = fid_features_to_statistics(feats)
+
+        def write(d):
+            torch.save(feats, d / "features.pt")
+            np.savez(d / "stats.npz", mu=stats["mu"], sigma=stats["sigma"])
+
+        store.put(REF_KIND, key, write, meta=what)
+        COUNTERS["reference_computed"] += 1
+        log(f"reference features of {info.name}/{split} (n={len(x)}, {ext.name}) computed and stored ({key[:12]})")
+        return Features(feats, stats, key, False)
+
+
+def generated_features(ext: FidelityExtractor, x: torch.Tensor, info, quantize: bool, batch_size: int) -> Features:
+    """Features of generated images (kept in memory for the other fidelity metrics of the case)."""
+    u8 = to_uint8_rgb(x, info.levels, quantize)
+    key = content_key("generated", tensor_digest(u8), identity(ext), batch_size)
+    with _LOCK:
+        hit = _GEN_CACHE.get(key)
+    cached = hit is not None
+    if not cached:
+        hit = extract_features(ext, u8, batch_size)
+        with _LOCK:
+            _GEN_CACHE[key] = hit
+            while len(_GEN_CACHE) > 4:
+                _GEN_CACHE.popitem(last=False)
+    return Features(hit, fid_features_to_statistics(hit), key, cached)
+
+
+def fid_from_stats(a: dict, b: dict) -> float:
+    """FID from two ``{"mu", "sigma"}`` statistics (torch-fidelity's ``fid_statistics_to_metric``)."""
+    return float(fid_statistics_to_metric(a, b, False)[KEY_METRIC_FID])
+
+
+def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
+    return fid_from_stats(fid_features_to_statistics(a), fid_features_to_statistics(b))
+
+
+def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset_size: int = 1000) -> tuple[float, float]:
+    """(mean, std) over subsets of the unbiased MMD^2 with KID's cubic kernel (torch-fidelity's
+    ``kid_features_to_metric``; subset draws seeded by its default ``rng_seed``)."""
+    try:  # many small matmuls: one BLAS thread is faster (much faster on a loaded machine)
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        threadpool_limits = None
+    if threadpool_limits is None:
+        out = kid_features_to_metric(a, b, kid_subsets=subsets, kid_subset_size=subset_size, verbose=False)
+    else:
+        with threadpool_limits(1):
+            out = kid_features_to_metric(a, b, kid_subsets=subsets, kid_subset_size=subset_size, verbose=False)
+    return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
+
+
+def prc_from_features(generated: torch.Tensor, real: torch.Tensor, neighborhood: int = 3) -> dict[str, float]:
+    """precision, recall and f_score (torch-fidelity's ``prc_features_to_metric``)."""
+    out = prc_features_to_metric(generated, real, prc_neighborhood=neighborhood, verbose=False)
+    return {"precision": float(out[KEY_METRIC_PRECISION]), "recall": float(out[KEY_METRIC_RECALL]),
+            "f_score": float(out[KEY_METRIC_F_SCORE])}
+
+
+class _Fidelity:
+    """Common parameters: ``extractor`` (a registered feature extractor, name or spec; ``auto``),
+    ``num_samples`` (generated samples used, default all), ``reference_split`` (the floor sample
+    comes from the other split; default: the split the extractor was trained on, if any, so that
+    the floor sample is unseen by the extractor just like generated samples are, else ``test``),
+    ``reference_num_samples`` (default all), ``quantize``
+    (quantise generated samples to the data's levels before the uint8 conversion), ``batch_size``
+    (feature extraction), ``key`` (metric key prefix)."""
+
+    default_key = "?"
+
+    def __init__(self, extractor: str | dict[str, Any] = "auto",
+                 num_samples: Annotated[int, Field(gt=1)] | None = None,
+                 reference_split: Literal["train", "test"] | None = None,
+                 reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
+                 quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64,
+                 key: str | None = None, context=None):
+        built = context.build("feature_extractor", extractor)
+        self.extractor = as_fidelity_extractor(built, context.data)
+        trained_on = getattr(self.extractor, "trained_on", None)
+        self.reference_split = reference_split or (trained_on if trained_on in ("train", "test") else "test")
+        self.num_samples = num_samples
+        self.reference_num_samples, self.quantize, self.batch_size = reference_num_samples, quantize, batch_size
+        self.key = key or self.default_key
+
+    # ------------------------------------------------------------------ shared steps
+    def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features]:
+        self.extractor.prepare()
+        sets = real_sets(dataset, n, self.reference_split, self.reference_num_samples, log)
+        ref = real_features(self.extractor, sets.reference, dataset.info, sets.reference_split, self.quantize,
+                            self.batch_size, store, log)
+        floor = real_features(self.extractor, sets.floor, dataset.info, sets.floor_split, self.quantize,
+                              self.batch_size, store, log)
+        return sets, ref, floor
+
+    def precompute(self, dataset, num_samples: int | None, store, log=lambda m: None) -> dict[str, Any]:
+        """Compute (or find) the reference and floor features a case with ``num_samples`` generated
+        samples will need."""
+        caps = [c for c in (self.num_samples, num_samples) if c]
+        n = min(caps) if caps else len(dataset.split(OTHER_SPLIT[self.reference_split]))
+        sets, ref, floor = self._real(dataset, n, store, log)
+        return {"metric": self.key, "extractor": self.extractor.describe(), "dataset": dataset.info.name,
+                "reference": {"split": sets.reference_split, "num_samples": len(sets.reference), "key": ref.key,
+                              "cached": ref.cached},
+                "floor": {"split": sets.floor_split, "num_samples": len(sets.floor), "key": floor.key,
+                          "cached": floor.cached}}
+
+    def compute(self, ctx) -> dict[str, float]:
+        x = generated(ctx, self.num_samples)
+        sets, ref, floor = self._real(ctx.dataset, len(x), ctx.store, ctx.log)
+        gen = generated_features(self.extractor, x, ctx.data, self.quantize, self.batch_size)
+        k = self.key
+        values = self.values(gen, ref, floor)
+        if len(sets.floor) < len(x):  # the floor is smaller: also give the value at the floor's size
+            nf = len(sets.floor)
+            small = Features(gen.features[:nf], fid_features_to_statistics(gen.features[:nf]), gen.key, True)
+            values.update({f"{name}_at_floor_n": v for name, v in self.values(small, ref, None).items()})
+        values.update({f"{k}_num_samples": float(len(x)), f"{k}_ref_cached": float(ref.cached),
+                       f"{k}_feature_dim": float(gen.features.shape[1]), **sets.counts(k)})
+        values.update({f"{k}_{name}": v for name, v in self.extractor.metrics().items()})
+        desc = self.extractor.describe()
+        ctx.log(f"{k}: extractor {desc['name']} (layer {desc['feature_layer']}, d={gen.features.shape[1]}), "
+                f"{len(x)} generated vs {len(sets.reference)} {sets.reference_split}; floor from "
+                f"{len(sets.floor)} {sets.floor_split}" + (f"; NOTE: {desc['note']}" if desc.get("note") else ""))
+        record = {"metric": k, "extractor": desc, "preprocessing": preprocessing(ctx.data.levels, self.quantize),
+                  "reference": {"split": sets.reference_split, "key": ref.key, "cached": ref.cached},
+                  "floor": {"split": sets.floor_split, "key": floor.key}, "batch_size": self.batch_size,
+                  "values": values, "torch_fidelity_kwargs": self.extractor.fidelity_kwargs()}
+        (ctx.artifact_dir / f"{k}.json").write_text(json.dumps(record, indent=1, default=str))
+        return values
+
+    def values(self, gen: Features, ref: Features, floor: Features | None) -> dict[str, float]:
+        """The metric's values; with ``floor`` None only the main value (keyed ``key``)."""
+        raise NotImplementedError
+
+
+class FID(_Fidelity):
+    """Metric ``fid``: logs ``fid``, ``fid_floor``, ``fid_num_samples``, ``fid_ref_num_samples``,
+    ``fid_floor_num_samples``, ``fid_ref_cached``, ``fid_feature_dim`` (+ extractor numbers)."""
+
+    default_key = "fid"
+
+    def values(self, gen, ref, floor):
+        out = {self.key: fid_from_stats(gen.stats, ref.stats)}
+        if floor is not None:
+            out[f"{self.key}_floor"] = fid_from_stats(floor.stats, ref.stats)
+        return out
+
+
+class KID(_Fidelity):
+    """Metric ``kid``: ``kid`` (mean over subsets) and ``kid_std``, with ``kid_floor``; extra
+    parameters ``subsets`` and ``subset_size`` (capped at the smallest set, logged)."""
+
+    default_key = "kid"
+
+    def __init__(self, extractor: str | dict[str, Any] = "auto",
+                 num_samples: Annotated[int, Field(gt=1)] | None = None,
+                 reference_split: Literal["train", "test"] | None = None,
+                 reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
+                 quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64, key: str | None = None,
+                 subsets: Annotated[int, Field(gt=0)] = 100, subset_size: Annotated[int, Field(gt=1)] = 1000,
+                 context=None):
+        super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
+                         key, context)
+        self.subsets, self.subset_size = subsets, subset_size
+
+    def values(self, gen, ref, floor):
+        sizes = [self.subset_size, len(gen.features), len(ref.features)] + ([len(floor.features)] if floor else [])
+        s = min(sizes)
+        a = kid_from_features(gen.features, ref.features, self.subsets, s)
+        k = self.key
+        if floor is None:
+            return {k: a[0]}
+        b = kid_from_features(floor.features, ref.features, self.subsets, s)
+        return {k: a[0], f"{k}_std": a[1], f"{k}_floor": b[0], f"{k}_floor_std": b[1],
+                f"{k}_subset_size": float(s), f"{k}_subsets": float(self.subsets)}
+
+
+class PRC(_Fidelity):
+    """Metric ``prc``: ``prc_precision``, ``prc_recall``, ``prc_f_score``, and the same for the real
+    sample (``prc_precision_real``, ``prc_recall_real``: what a perfect model would get); extra
+    parameter ``neighborhood`` (k of the k-NN balls)."""
+
+    default_key = "prc"
+
+    def __init__(self, extractor: str | dict[str, Any] = "auto",
+                 num_samples: Annotated[int, Field(gt=1)] | None = None,
+                 reference_split: Literal["train", "test"] | None = None,
+                 reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
+                 quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64, key: str | None = None,
+                 neighborhood: Annotated[int, Field(gt=0)] = 3, context=None):
+        super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
+                         key, context)
+        self.neighborhood = neighborhood
+
+    def values(self, gen, ref, floor):
+        if floor is None:
+            return {}
+        a = prc_from_features(gen.features, ref.features, self.neighborhood)
+        b = prc_from_features(floor.features, ref.features, self.neighborhood)
+        k = self.key
+        return {f"{k}_precision": a["precision"], f"{k}_recall": a["recall"], f"{k}_f_score": a["f_score"],
+                f"{k}_precision_real": b["precision"], f"{k}_recall_real": b["recall"]}
+
+
+_CLASSES = {"fid": FID, "kid": KID, "prc": PRC}
+
+
+def precompute_reference(context, metric_spec: dict[str, Any] | str | None = None,
+                         num_samples: int | None = None) -> dict[str, Any]:
+    """Precompute the cached reference features/statistics (and the floor sample's) for ``bench ref``.
+
+    ``context``: a :class:`bench.context.BuildContext` of the dataset (``.dataset``, ``.data``,
+    ``.store``, ``.build``, ``.log``). ``metric_spec``: the (resolved) ``fid``/``kid``/``prc`` spec of a
+    suite, e.g. ``{"name": "fid", "extractor": "digits-classifier"}`` (default ``{"name": "fid"}``:
+    extractor ``auto``). ``num_samples``: the case's ``eval.num_samples`` (sets the floor sample's
+    size; default the reference split's size). Returns a summary with the store keys and whether
+    each entry was already cached. Idempotent: a second call finds everything in the store.
+    """
+    spec = {"name": metric_spec} if isinstance(metric_spec, str) else dict(metric_spec or {"name": "fid"})
+    name = spec.pop("name", "fid")
+    spec.pop("id", None)
+    if name not in _CLASSES:
+        raise ValueError(f"precompute_reference: '{name}' is not a fidelity metric ({', '.join(_CLASSES)})")
+    metric = _CLASSES[name](**spec, context=context)
+    return metric.precompute(context.dataset, num_samples, context.store, context.log)
