@@ -12,6 +12,16 @@ from bench_flows.cnf import CNF
 from bench_flows.mrcnf import MRCNF
 from bench_flows.sampler import ODESampler
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions run fastest on one thread (and a loaded 2-core machine thrashes with two)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 L = 256
 FAST = dict(hidden=[8, 8], solver="rk4", step_size=0.5, eval_solver="rk4", eval_step_size=0.5)
 
@@ -130,3 +140,23 @@ def test_ode_sampler_per_sample_seeds_and_temperature():
     cold = ODESampler(temperature=0.0).sample(fam, PerSampleRNG.for_indices(0, range(3)))
     torch.testing.assert_close(cold[0], cold[2], rtol=0, atol=1e-6)
     assert (full[0] - full[1]).abs().max() > 1e-3
+
+
+def test_ode_sampler_super_resolution_conditions_on_test_images():
+    x, _ = images(n=5)
+
+    class Data:
+        def split(self, name):
+            return x.float()
+
+    torch.manual_seed(10)
+    fam = MRCNF(n_resolutions=3, **FAST, context=Ctx())
+    sampler = ODESampler(temperature=0.0, super_resolution=True, context=Ctx(dataset=Data()))
+    rng = PerSampleRNG.for_indices(0, range(4))
+    out = sampler.sample(fam, rng)
+    idx = torch.tensor([s % 5 for s in rng.seeds])
+    coarse = torch.nn.functional.avg_pool2d(x.float()[idx], 4)
+    # zero-initialised dynamics and temperature 0: every detail is 0, so x is the coarse image upsampled
+    torch.testing.assert_close(out, torch.nn.functional.interpolate(coarse, scale_factor=4), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError):
+        sampler.sample(CNF(**FAST, context=Ctx()), rng)

@@ -3,9 +3,20 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.runner import CaseJob, RunSettings, run_case
 from bench.suite import load_suite
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions run fastest on one thread (and a loaded 2-core machine thrashes with two)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +55,7 @@ def test_cases_train_sample_and_measure(manager, tmp_path):
     suite = load_suite(tmp_path / "s.yaml", manager.registries, manager.versions())
     assert sorted(c.family["id"] for c in suite.cases) == ["cnf2d", "lode"]  # incompatible pairs pruned
     settings = RunSettings(store=str(tmp_path / "store"), results_dir=str(tmp_path / "res"),
-                           plugins=("bench_testplug",), quiet=True)
+                           plugins=("bench_testplug",), quiet=True, threads=1)
     records = {c.family["id"]: run_case(CaseJob(c.to_dict(), settings)) for c in suite.cases}
     cnf = records["cnf2d"]
     assert cnf["status"] == "ok", cnf.get("error")
@@ -73,7 +84,7 @@ def test_shipped_flows_suite_expands(manager):
         raise
     families = {c.family["id"] for c in suite.cases}
     assert {"cnf", "mrcnf1", "mrcnf2_haar", "mrcnf2_unimodular", "mrcnf3_haar", "mrcnf3_unimodular",
-            "latent_ode_det", "latent_ode_vae"} == families
+            "latent_ode_det", "latent_ode_vae", "cnf_adjoint"} == families
     temps = {c.sampler["temperature"] for c in suite.cases if c.sampler}
     assert temps == {1.0, 0.9, 0.8, 0.7}
     assert all(c.train["steps"] == 5 for c in suite.cases)

@@ -10,7 +10,6 @@ from bench_flows.transforms import (C_UNIMODULAR, Logit, combine2d, compose, dec
                                     split2d)
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     old = torch.get_default_dtype()

@@ -5,11 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from bench.protocols import DataInfo
 from bench.rng import BatchRNG
 from bench_data.moving_digits import MovingDigits, digit_sprites
 from bench_flows.latent_ode import LatentODE
 from bench_flows.video_metrics import VideoRecon, frame_psnr, frame_ssim
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions run fastest on one thread (and a loaded 2-core machine thrashes with two)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +129,14 @@ def test_latent_ode_trains_and_predicts(small, variant, task):
     assert {"recon_psnr", "pred_psnr", "pred_ssim", "recon_mse", f"pred_psnr_t{first}"} <= set(out)
     assert 0 < out["pred_mse"] < 1 and out["pred_psnr"] == pytest.approx(
         np.mean([out[f"pred_psnr_t{i + 1}"] for i in fam.target_index]), rel=1e-6)
+
+
+def test_latent_ode_context_horizon_interface(small):
+    torch.manual_seed(1)
+    fam = LatentODE(latent_dim=4, channels=[4, 8], ode_hidden=[8], step_size=0.1, context=Ctx(small))
+    videos = small.split("test")[:2]
+    recon, pred = fam.reconstruct_and_predict(videos)
+    recon2, pred2 = fam.reconstruct_and_predict(videos[:, :10], 10, None)
+    torch.testing.assert_close(recon2, recon)
+    torch.testing.assert_close(pred2, pred)
+    assert fam.reconstruct_and_predict(videos[:, :10], 3)[1].shape == (2, 3, 1, 32, 32)

@@ -22,3 +22,5 @@ def bench_register_datasets(register):
              description="sklearn digits upsampled to 16x16 and requantised to 8 bits")
     register("image_folder", "bench_data.folder:ImageFolder", modality="image",
              description="your own images: every PNG/JPEG under a local directory, resized and greyscaled or RGB")
+    register("moving_digits", "bench_data.moving_digits:MovingDigits", modality="video",
+             description="Moving-MNIST-style 32x32 videos of 1 or 2 bouncing sklearn digits, 20 frames")

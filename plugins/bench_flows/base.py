@@ -10,11 +10,7 @@ x = 2k/(L-1) - 1 is dequantised inside ``loss`` as x~ = 2 (k + u)/L - 1, u ~ U[0
 where log p(x~) is the model-space density with every pre-transform log-det (logit, multi-resolution
 map) included. For continuous points (L = None) the loss is -log p(x) / (D ln 2).
 
-NFE: every call of a dynamics network is counted (forward pre-hooks). In a training step the
-evaluations made while ``loss`` runs are the forward NFE; the backward NFE are the evaluations of the
-adjoint's backward solve (counted until the parameters' gradients arrive); with direct backprop there
-is no backward solve and each taped evaluation is back-propagated once, so backward NFE = forward NFE.
-Running totals live in the ``train_nfe`` buffer, so they travel with the checkpoint.
+NFE of training steps: see ``nfe``.
 """
 from __future__ import annotations
 
@@ -27,6 +23,7 @@ from torch import nn
 from bench.likelihood import bits_per_dim, levels_from_model
 from bench.protocols import LikelihoodResult
 
+from .nfe import NFEBookkeeping
 from .odesolve import SolverConfig
 
 
@@ -36,7 +33,7 @@ def gaussian_logprob(z: torch.Tensor, std: float) -> torch.Tensor:
     return (-0.5 * (z / std).pow(2).flatten(1).sum(1) - 0.5 * d * math.log(2 * math.pi) - d * math.log(std))
 
 
-class FlowFamily(nn.Module):
+class FlowFamily(NFEBookkeeping):
     """Base class; subclasses implement ``log_density`` and ``generate`` and list their ``nets``."""
 
     trainable = True
@@ -53,36 +50,11 @@ class FlowFamily(nn.Module):
         self.kinetic_weight = kinetic_weight
         self.jacobian_weight = jacobian_weight
         self.probe_kind = probe
-        self.register_buffer("train_nfe", torch.zeros(3, dtype=torch.float64))  # steps, forward, backward
-        self._calls = 0
-        self._mark = 0
-        self._hooks_ready = False
+        self._init_nfe(train_solver.adjoint)
 
     # ------------------------------------------------------------------ bookkeeping
-    def nets(self) -> list[nn.Module]:
-        raise NotImplementedError
-
     def nfe_modules(self) -> list[nn.Module]:
         return self.nets()
-
-    def _count(self, *_: Any) -> None:
-        self._calls += 1
-
-    def _grad_arrived(self, grad: torch.Tensor) -> torch.Tensor:
-        # the adjoint backward solve of a block has finished: its evaluations are backward NFE
-        self.train_nfe[2] += self._calls - self._mark
-        self._mark = self._calls
-        return grad
-
-    def _ensure_hooks(self) -> None:
-        if self._hooks_ready:
-            return
-        for net in self.nets():
-            net.register_forward_pre_hook(self._count)
-            first = next((p for p in net.parameters() if p.requires_grad), None)
-            if first is not None and self.train_solver.adjoint:
-                first.register_hook(self._grad_arrived)
-        self._hooks_ready = True
 
     def probe(self, rng, shape: tuple[int, ...]) -> torch.Tensor:
         """A Hutchinson probe for one solve: Gaussian or Rademacher (section 1.6)."""
@@ -116,13 +88,7 @@ class FlowFamily(nn.Module):
         loss = self.bpd_from_logp(logp).mean()
         if regularize:
             loss = loss + self.kinetic_weight * kinetic.mean() + self.jacobian_weight * jac.mean()
-        forward = self._calls - start
-        with torch.no_grad():
-            self.train_nfe[0] += 1
-            self.train_nfe[1] += forward
-            if not self.train_solver.adjoint:
-                self.train_nfe[2] += forward
-        self._mark = self._calls
+        self._record_step(start)
         return loss
 
     def log_likelihood(self, x: torch.Tensor, rng, method: Optional[str] = None, solver: Optional[str] = None,
@@ -157,11 +123,7 @@ class FlowFamily(nn.Module):
 
     # ------------------------------------------------------------------ reporting
     def train_stats(self) -> dict[str, float]:
-        steps, fwd, bwd = (float(v) for v in self.train_nfe)
-        out = {"num_params": float(sum(p.numel() for p in self.parameters())), "train_steps_counted": steps}
-        if steps:
-            out.update({"train_nfe_forward": fwd / steps, "train_nfe_backward": bwd / steps})
-        return out
+        return self.nfe_stats()
 
     def describe(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "levels": self.levels, "train_solver": self.train_solver.as_dict(),

@@ -39,7 +39,7 @@ def solver_pair(solver, atol, rtol, step_size, adjoint, eval_solver, eval_atol, 
 class CNF(FlowFamily):
     provides = frozenset({"flow", "likelihood", "ode"})
 
-    def __init__(self, hidden: list[Annotated[int, Field(gt=0)]] = (64, 64, 64),
+    def __init__(self, hidden: tuple[Annotated[int, Field(gt=0)], ...] = (64, 64, 64),
                  blocks: Annotated[int, Field(ge=1)] = 1,
                  activation: Literal["softplus", "tanh", "elu", "swish"] = "softplus",
                  zero_last: bool = True, time_length: Pos = 1.0,
@@ -63,6 +63,7 @@ class CNF(FlowFamily):
         if logit and not is_image:
             raise ValueError("the logit pre-transform needs data in [-1, 1] (images)")
         self.pre = Logit(alpha) if logit else None
+        self.time_length, self.num_blocks = time_length, blocks
         self.flow = LevelFlow(self.shape, list(hidden), blocks, 0, activation, zero_last,
                               use_exact(divergence, self.dim, exact_max_dim), time_length)
 

@@ -41,7 +41,7 @@ class LevelFlow(nn.Module):
         zero = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
         delta, kin, jac = zero, zero, zero
         for block in self.blocks:
-            probe = None if self.exact_trace else probe_fn(self.shape)
+            probe = None if self.exact_trace else probe_fn(self.shape).to(v)
             v, d, k, j = block(v, probe, cond, cfg, regularize)
             delta = delta + d
             if regularize:
@@ -49,6 +49,7 @@ class LevelFlow(nn.Module):
         return gaussian_logprob(v, self.base_std) - delta, kin, jac
 
     def inverse(self, z: torch.Tensor, cond: Optional[torch.Tensor], cfg: SolverConfig) -> torch.Tensor:
+        z = z.to(next(self.parameters()).dtype)
         for block in reversed(self.blocks):
             z = block.inverse(z, cond, cfg)
         return z

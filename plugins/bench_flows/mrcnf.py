@@ -32,7 +32,7 @@ class MRCNF(FlowFamily):
     def __init__(self, n_resolutions: Annotated[int, Field(ge=1, le=3)] = 2,
                  transform: Literal["haar", "unimodular"] = "unimodular",
                  multires_noise: bool = False, normal_resolution: Optional[Annotated[int, Field(gt=0)]] = None,
-                 hidden: list[Annotated[int, Field(gt=0)]] = (64, 64, 64),
+                 hidden: tuple[Annotated[int, Field(gt=0)], ...] = (64, 64, 64),
                  blocks: Annotated[int, Field(ge=1)] = 1,
                  activation: Literal["softplus", "tanh", "elu", "swish"] = "softplus",
                  zero_last: bool = True, time_length: Pos = 1.0,
@@ -74,6 +74,7 @@ class MRCNF(FlowFamily):
         self.flow = coarse  # same attribute name as ``cnf``: a 1-resolution state_dict loads into cnf
         self.details = nn.ModuleList(reversed(details))  # details[s] models y_{s+1} | x_{s+2}, finest first
         self.pre = Logit(alpha) if logit else None
+        self.time_length, self.num_blocks = time_length, blocks
 
     def nets(self):
         out = list(self.flow.nets())

@@ -100,8 +100,3 @@ def solve(func: Callable, y0, t: torch.Tensor, cfg: SolverConfig, *, controlled:
                               **kwargs)
     return odeint(func, y0, t, **kwargs)
 
-
-def solver_from_params(prefix: str, params: dict[str, Any], adjoint: bool = False) -> SolverConfig:
-    """Build a config from ``{prefix}solver``, ``{prefix}atol``, ... entries of a parameter dict."""
-    return SolverConfig(method=params[f"{prefix}solver"], atol=params[f"{prefix}atol"],
-                        rtol=params[f"{prefix}rtol"], step_size=params[f"{prefix}step_size"], adjoint=adjoint)
