@@ -174,8 +174,11 @@ def summarize(records: list[dict[str, Any]]) -> str:
     """A markdown table of the headline metrics, one row per case."""
     present = {k for r in records for k in (r.get("metrics") or {})}
     cols = [k for k in HEADLINE if k in present]
-    cols += sorted(k for k in present - set(HEADLINE) - BOOKKEEPING
-                   if not (k.startswith("time_") or k.endswith(("_floor", "_nfe", "_time_s"))))[: max(0, 8 - len(cols))]
+    def auxiliary(k: str) -> bool:  # e.g. fid_extractor_test_acc, fid_feature_dim: details of a headline metric
+        return k.startswith(tuple(f"{h}_" for h in HEADLINE)) or k.startswith("time_") \
+            or k.endswith(("_floor", "_nfe", "_time_s", "_s"))
+
+    cols += sorted(k for k in present - set(HEADLINE) - BOOKKEEPING if not auxiliary(k))[: max(0, 8 - len(cols))]
     cols += [k for k in ("nfe", "train_time_s", "sample_time_s") if any(k in (r.get("metrics") or {}) for r in records)]
     lines = ["| case | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in sorted(records, key=lambda r: r["case_id"]):
