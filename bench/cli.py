@@ -1,4 +1,4 @@
-"""The ``bench`` command line: run, validate, plugins, compare, ui, log, new-plugin.
+"""The ``bench`` command line: run, validate, plugins, ref, compare, ui, log, new-plugin.
 
 Every user error ends as one line on stderr (``file:line:col: error: ...``) and exit code 2; a
 failing case makes ``bench run`` exit 1; an internal error prints a one-line summary (set
@@ -159,6 +159,41 @@ def _term_width() -> int:
         return os.get_terminal_size().columns
     except OSError:
         return 160
+
+
+@app.command()
+@guarded
+def ref(target: str = typer.Argument(..., help="a suite YAML, or a dataset name (e.g. digits8)"),
+        overrides: Optional[List[str]] = SetOpt,
+        metric: Optional[List[str]] = typer.Option(None, "--metric", "-m",
+                                                   help="with a dataset name: metric(s) to prepare (default fid)"),
+        num_samples: Optional[int] = typer.Option(None, "--num-samples", min=2,
+                                                  help="with a dataset name: the generated sample count to plan for"),
+        seed: int = typer.Option(0, "--seed", help="with a dataset name: the seed"),
+        store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
+        plugins: Optional[List[str]] = PluginsOpt) -> None:
+    """Precompute reference statistics (FID/KID/PRC features of the real data) into the store."""
+    from .reference import items_from_cases, precompute
+
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        manager, suite = _load(path, plugins, overrides)
+        items, store_dir = items_from_cases(suite.cases), str(store or suite.store)
+        typer.echo(f"bench ref: suite '{suite.name}', {len(suite.cases)} case(s)")
+    else:
+        manager = _manager(plugins)
+        regs = manager.registries
+        regs.dataset.entry(target)  # unknown names: a clear error with the nearest valid one
+        dataset_spec = {"name": target}
+        specs = []
+        for m in metric or ["fid"]:
+            regs.metric.entry(m)
+            specs.append({"name": m})
+        items = [(dataset_spec, spec, num_samples, seed) for spec in specs]
+        store_dir = str(store or ".bench-store")
+        typer.echo(f"bench ref: dataset '{target}'")
+    summaries = precompute(items, manager.registries, store_dir, echo=typer.echo)
+    typer.echo(f"bench ref: {len(summaries)} reference set(s) ready in {store_dir}")
 
 
 @app.command()

@@ -122,6 +122,10 @@ class Metric(Protocol):
 
     def compute(self, ctx: Any) -> dict[str, float]: ...
 
+    # Optional: ``precompute(dataset, num_samples, store, log) -> dict`` computes (or finds in the
+    # store) whatever the metric needs from real data alone, e.g. reference statistics; ``bench ref``
+    # calls it, so a cluster can fill the shared store before the cases run. Returns a summary.
+
 
 @runtime_checkable
 class Executor(Protocol):

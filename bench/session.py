@@ -175,11 +175,12 @@ def summarize(records: list[dict[str, Any]]) -> str:
     present = {k for r in records for k in (r.get("metrics") or {})}
     cols = [k for k in HEADLINE if k in present]
     def auxiliary(k: str) -> bool:  # e.g. fid_extractor_test_acc, fid_feature_dim: details of a headline metric
-        return k.startswith(tuple(f"{h}_" for h in HEADLINE)) or k.startswith("time_") \
-            or k.endswith(("_floor", "_nfe", "_time_s", "_s"))
+        return k.startswith(tuple(f"{h}_" for h in HEADLINE)) or k.startswith(("time_", "timing_")) \
+            or k.endswith(("_floor", "_nfe", "_time_s", "_s", "_iqr", "_min", "_max", "_std")) \
+            or k.startswith(tuple(f"{b}_" for b in BOOKKEEPING))
 
     cols += sorted(k for k in present - set(HEADLINE) - BOOKKEEPING if not auxiliary(k))[: max(0, 8 - len(cols))]
-    cols += [k for k in ("nfe", "train_time_s", "sample_time_s") if any(k in (r.get("metrics") or {}) for r in records)]
+    cols += [k for k in ("nfe", "samples_per_s", "train_time_s") if any(k in (r.get("metrics") or {}) for r in records)]
     lines = ["| case | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in sorted(records, key=lambda r: r["case_id"]):
         m = r.get("metrics") or {}
