@@ -23,3 +23,15 @@ def manager():
     from bench.plugins import get_manager
 
     return get_manager(("bench_testplug",))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch intra-op thread for the tests: the tensors are small (one thread is faster), results
+    do not depend on how many cores CI has, and a busy 2-core machine does not thrash."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,6 @@ from bench_diffusion.samplers.discrete import DDIM, Ancestral  # noqa: E402
 from bench_diffusion.schedules import Cosine, Linear, Sigmoid  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and robust on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 SCHEDS = {"linear": Linear, "squaredcos_cap_v2": Cosine, "sigmoid": Sigmoid}
 

@@ -14,13 +14,6 @@ from bench_diffusion.likelihood import discretized_gaussian_log_prob, gaussian_k
 from bench_diffusion.testing import build, context, dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and robust on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("data_spec,noise,estimator,n", [

@@ -11,13 +11,6 @@ from bench_diffusion.noise import GFF, Dense, Diagonal, Isotropic, dense_matrix,
 from bench_diffusion.testing import build, dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and robust on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def dense_gff(n: int, gamma: float, dc: float) -> np.ndarray:

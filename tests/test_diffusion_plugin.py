@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bench.plugins import get_manager
 from bench.rng import BatchRNG
@@ -14,13 +13,6 @@ from bench.suite import load_suite
 from bench_diffusion.testing import build, dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and robust on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,6 @@ from bench_diffusion.schedules import Cosine, Geometric, Karras, Linear, Quadrat
 from bench_diffusion.testing import build, dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and robust on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_linear_endpoints():

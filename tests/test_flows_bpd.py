@@ -13,13 +13,6 @@ from bench_flows.mrcnf import MRCNF
 from bench_flows.sampler import ODESampler
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread (and a loaded 2-core machine thrashes with two)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 L = 256

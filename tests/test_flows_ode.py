@@ -16,13 +16,6 @@ from bench_flows.nets import ODEMLP
 from bench_flows.odesolve import SolverConfig, solve
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread (and a loaded 2-core machine thrashes with two)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 TIGHT = SolverConfig("dopri5", atol=1e-10, rtol=1e-10)

@@ -11,13 +11,6 @@ from bench_flows.latent_ode import LatentODE
 from bench_flows.video_metrics import VideoRecon, frame_psnr, frame_ssim
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread (and a loaded 2-core machine thrashes with two)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
