@@ -141,7 +141,7 @@ def test_unknown_plugins_module_is_a_clear_error():
     assert proc.returncode == 2 and "cannot import" in proc.stderr and "Traceback" not in proc.stderr
 
 
-KINDS = ["dataset", "metric", "noise", "schedule", "network", "family", "feature_extractor", "executor"]
+KINDS = ["dataset", "metric", "noise", "schedule", "network", "family", "feature_extractor", "executor", "sampler"]
 
 
 def test_new_plugin_scaffolds_pass_their_own_tests(tmp_path):
