@@ -1,0 +1,52 @@
+"""Per-sample streams: Philox4x32-10 known answers, batch invariance, distribution and independence."""
+import numpy as np
+import torch
+from scipy import stats
+
+from bench.rng import PerSampleRNG, philox4x32
+
+
+def words(c, k):
+    t = [torch.tensor([v], dtype=torch.int64) for v in (*c, *k)]
+    return [int(w) for w in philox4x32(tuple(t[:4]), tuple(t[4:]))]
+
+
+def test_philox_known_answers():
+    """Random123's published known-answer vectors for philox4x32-10."""
+    assert words((0, 0, 0, 0), (0, 0)) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    m = 0xFFFFFFFF
+    assert words((m, m, m, m), (m, m)) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert words((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == \
+        [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+
+
+def test_sample_i_does_not_depend_on_its_batch():
+    whole, part = PerSampleRNG.for_indices(3, range(6)), PerSampleRNG.for_indices(3, range(2, 6))
+    for rng in (whole, part):
+        rng.randn(5)
+        rng.rand(2, 3)
+    assert torch.equal(whole.randn(7, 2)[2:], part.randn(7, 2))
+    assert torch.equal(whole.randint(10, 4)[2:], part.randint(10, 4))
+
+
+def test_draws_follow_their_distributions():
+    rng = PerSampleRNG.for_indices(1, range(400))
+    z = rng.randn(500).double()
+    assert stats.kstest(z.flatten().numpy(), "norm").pvalue > 1e-3
+    u = rng.rand(500).double().flatten().numpy()
+    assert stats.kstest(u, "uniform").pvalue > 1e-3 and 0 < u.min() and u.max() < 1
+    counts = np.bincount(rng.randint(7, 700).flatten().numpy(), minlength=7)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    r = rng.rademacher(1000)
+    assert set(r.unique().tolist()) == {-1.0, 1.0} and abs(float(r.mean())) < 0.01
+
+
+def test_streams_are_uncorrelated_across_samples_and_draws():
+    rng = PerSampleRNG.for_indices(2, range(64))
+    z = rng.randn(4000).double()
+    corr = torch.corrcoef(z)  # 64 x 64 between samples
+    off = corr[~torch.eye(64, dtype=torch.bool)]
+    assert off.abs().max() < 5 / np.sqrt(4000)
+    lag = torch.corrcoef(torch.stack([z[:, :-1].flatten(), z[:, 1:].flatten()]))[0, 1]
+    assert abs(float(lag)) < 5 / np.sqrt(z.numel())
+    assert not torch.equal(PerSampleRNG.for_indices(0, [0]).randn(8), PerSampleRNG.for_indices(1, [0]).randn(8))
