@@ -8,6 +8,7 @@ are never logged.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -85,6 +86,25 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str):
+    """Serialise the first use of a SQLite store across processes: two ``bench run`` started at once
+    on a new ``mlflow.db`` would otherwise both run MLflow's schema migrations and one would fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Tracker:
     """A thin layer over ``mlflow.MlflowClient``."""
 
@@ -95,7 +115,13 @@ class Tracker:
         _quiet_mlflow()
 
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with _sqlite_init_lock(self.uri):  # the first use creates / migrates the database schema
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self._open_experiment(experiment)
+        self.experiment = experiment
+        self.parent_id: str | None = None
+
+    def _open_experiment(self, experiment: str) -> None:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = None
@@ -110,8 +136,6 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
-        self.experiment = experiment
-        self.parent_id: str | None = None
 
     # ------------------------------------------------------------------ parent
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:

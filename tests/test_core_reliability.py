@@ -135,3 +135,21 @@ def test_ray_executor_gives_the_same_metrics_as_local(workdir):
         assert group["metrics.mean_err"].nunique() == 1
     pids = {json.loads(p.read_text())["pid"] for p in workdir.glob("results/rel/*/cases/*/record.json")}
     assert os.getpid() in pids and len(pids) >= 2  # the Ray cases ran in worker processes
+
+
+def _open_tracker(args):
+    from bench.tracking import Tracker
+
+    uri, name = args
+    return Tracker(uri, name).experiment_id
+
+
+def test_concurrent_runs_on_a_new_sqlite_store(tmp_path):
+    """Several `bench run` starting at once on a new mlflow.db: the schema is created once, under a
+    file lock, and every process gets its experiment (unlocked, MLflow's migrations race)."""
+    import multiprocessing as mp
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mp.get_context("spawn").Pool(3) as pool:
+        ids = pool.map(_open_tracker, [(uri, f"exp{i}") for i in range(3)])
+    assert len(set(ids)) == 3
