@@ -107,6 +107,9 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
         pf = frame.assign(_group=resolve_key(df, group))[["_group", f"metrics.{x}", f"metrics.{metric}"]].dropna()
         pf = pf.groupby(["_group", f"metrics.{x}"], as_index=False).mean()
         pf.columns = [group, x, metric]
-        line_plot(pf, x, metric, group, Path(plot), title=f"{experiment}: {metric} vs {x}", logx=(x == "nfe"))
+        floor_col = f"metrics.{metric}_floor"
+        floor = float(frame[floor_col].mean()) if floor_col in frame.columns else None
+        line_plot(pf, x, metric, group, Path(plot), title=f"{experiment}: {metric} vs {x}", logx=(x == "nfe"),
+                  floor=floor)
         text += f"\nplot: {plot}"
     return text

@@ -81,17 +81,28 @@ def loss_curve(points: Sequence[Sequence[float]], path: Path, title: str = "") -
     plt.close(fig)
 
 
-def line_plot(frame, x: str, y: str, group: str, path: Path, title: str = "", logx: bool = False) -> None:
-    """One line per value of ``group``: the standard "metric against NFE per sampler" picture."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, sub in frame.groupby(group):
+def line_plot(frame, x: str, y: str, group: str, path: Path, title: str = "", logx: bool = False,
+              floor: float | None = None) -> None:
+    """One line per value of ``group``: the standard "metric against NFE per sampler" picture.
+    The y axis turns logarithmic when the values span more than two decades; ``floor`` (e.g. the
+    mean ``swd_floor``) is drawn as a dashed line."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    styles = ["-", "--", ":", "-."]
+    for i, (key, sub) in enumerate(frame.groupby(group)):
         sub = sub.sort_values(x)
-        ax.plot(sub[x], sub[y], marker="o", label=str(key))
+        ax.plot(sub[x], sub[y], marker="o", markersize=3.5, linestyle=styles[(i // 10) % len(styles)],
+                label=str(key))
+    if floor is not None and np.isfinite(floor):
+        ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"{y}_floor")
+    values = frame[y].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) and values.max() / values.min() > 100:
+        ax.set_yscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     if logx:
         ax.set_xscale("log")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
