@@ -66,7 +66,8 @@ def test_shipped_flows_suite_expands(manager):
     suite = load_suite(ROOT / "suites" / "flows.yaml", regs, manager.versions(), overrides=["train.steps=5"])
     families = {c.family["id"] for c in suite.cases}
     assert {"cnf", "mrcnf1", "mrcnf2_haar", "mrcnf2_unimodular", "mrcnf3_haar", "mrcnf3_unimodular",
-            "latent_ode_det", "latent_ode_vae", "cnf_adjoint"} == families
+            "latent_ode_det", "latent_ode_vae", "cnf_adjoint", "mrcnf2_unimodular_mrnoise",
+            "mrcnf3_unimodular_mrnoise"} == families
     temps = {c.sampler["temperature"] for c in suite.cases if c.sampler}
     assert temps == {1.0, 0.9, 0.8, 0.7}
     assert all(c.train["steps"] == 5 for c in suite.cases)
