@@ -6,6 +6,7 @@ tag or a metric; ``a+b`` joins several keys. When a case was run more than once,
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,19 @@ def load_runs(experiment: str | None, uri: str | None):
     return df.drop_duplicates(subset=["tags.bench.case_hash"], keep="first"), experiment
 
 
+def natural_key(text: Any) -> list:
+    """Sort "ddim[steps=10]" before "ddim[steps=100]": digit runs compare as numbers."""
+    return [(0, float(part), "") if part.replace(".", "", 1).isdigit() else (1, 0.0, part)
+            for part in re.split(r"(\d+(?:\.\d+)?)", str(text)) if part]
+
+
 def resolve_key(df, key: str) -> Any:
     """A pandas Series of strings for ``key`` (see module docstring)."""
     if "+" in key:
         parts = [resolve_key(df, k) for k in key.split("+")]
         out = parts[0]
         for p in parts[1:]:
-            out = out + " | " + p
+            out = out + " / " + p
         return out
     for col in ([f"tags.bench.{key}"] if key in LABELS else []) + [f"params.{key}", f"tags.{key}", f"metrics.{key}"]:
         if col in df.columns:
@@ -88,6 +95,7 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
                         hint=f"did you mean '{close}'?" if close else f"metrics: {', '.join(sorted(metrics))}")
     frame = df.assign(_row=resolve_key(df, rows), _col=resolve_key(df, cols))
     pivot = frame.pivot_table(index="_row", columns="_col", values=f"metrics.{metric}", aggfunc="mean")
+    pivot = pivot.loc[sorted(pivot.index, key=natural_key), sorted(pivot.columns, key=natural_key)]
     pivot.index.name = rows
     pivot.columns.name = None
     if fmt == "csv":
