@@ -41,6 +41,9 @@ def test_diffusion_suite_end_to_end(workdir):
     assert {r["config"]["family"]["name"] for r in records} == {"ddpm", "ni_ddpm", "smld", "ni_smld",
                                                                 "vp_sde", "ve_sde"}
     assert sum(r["trained"] for r in records) == 12  # 8 families x 2 datasets - 4 excluded: trained once each
+    digits = [r for r in records if "/digits8/" in r["case_id"]]
+    assert all({"fid", "fid_floor", "kid", "prc_precision", "swd"} <= set(r["metrics"]) for r in digits)
+    assert sum(r["metrics"]["fid_ref_cached"] == 0 for r in digits) == 1  # reference statistics computed once
 
 
 @pytest.mark.slow
