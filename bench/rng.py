@@ -30,19 +30,23 @@ def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (prod >> 32) & _MASK32, prod & _MASK32
 
 
-def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch.Tensor],
-               rounds: int = 10) -> tuple[torch.Tensor, ...]:
+def philox_round_keys(key: tuple[torch.Tensor, torch.Tensor], rounds: int = 10) -> list[tuple[torch.Tensor, ...]]:
+    """The key schedule of Philox4x32: round r uses (k0 + r W0, k1 + r W1) mod 2^32."""
+    k0, k1 = key
+    return [((k0 + r * _PHILOX_W[0]) & _MASK32, (k1 + r * _PHILOX_W[1]) & _MASK32) for r in range(rounds)]
+
+
+def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch.Tensor] | None = None,
+               rounds: int = 10, round_keys: list | None = None) -> tuple[torch.Tensor, ...]:
     """Philox4x32-10 (Salmon et al., SC'11), vectorised over int64 tensors holding 32-bit words.
 
-    ``counter``: four word tensors, ``key``: two word tensors (broadcastable). Returns four word
-    tensors of uniformly distributed 32-bit integers."""
+    ``counter``: four word tensors, ``key``: two word tensors (broadcastable), or ``round_keys`` from
+    :func:`philox_round_keys`. Returns four word tensors of uniformly distributed 32-bit integers."""
     c0, c1, c2, c3 = counter
-    k0, k1 = key
-    for _ in range(rounds):
+    for k0, k1 in round_keys or philox_round_keys(key, rounds):
         hi0, lo0 = _mulhilo(_PHILOX_M[0], c0)
         hi1, lo1 = _mulhilo(_PHILOX_M[1], c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
     return c0, c1, c2, c3
 
 
@@ -55,12 +59,17 @@ class PerSampleRNG:
     vectorised integer operations, while sample i still never depends on the batch it is in.
     Normals come from Box-Muller on 32-bit uniforms (computed in float64)."""
 
+    _MAX_CHUNK = 256  # blocks generated ahead per refill (at most)
+
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
         self.seeds = [int(s) for s in seeds]
         self.device = torch.device(device)
         keys = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
-        self._key = ((keys & _MASK32)[:, None], ((keys >> 32) & _MASK32)[:, None])
-        self._blocks = 0  # 4-word Philox blocks drawn so far by every sample
+        self._round_keys = philox_round_keys(((keys & _MASK32)[:, None], ((keys >> 32) & _MASK32)[:, None]))
+        self._blocks = 0  # 4-word Philox blocks consumed so far by every sample
+        self._buffer: torch.Tensor | None = None  # (batch, 4 * blocks) words of blocks _buffer_start...
+        self._buffer_start = 0
+        self._chunk = 1
 
     @classmethod
     def for_indices(cls, seed: int, indices: Sequence[int], stream: str = "sample",
@@ -71,14 +80,25 @@ class PerSampleRNG:
     def batch_size(self) -> int:
         return len(self.seeds)
 
-    def _words(self, n: int) -> torch.Tensor:
-        """(batch, 4 * ceil(n / 4)) uniform 32-bit words (int64), advancing the shared counter."""
-        blocks = (n + 3) // 4
-        ctr = torch.arange(self._blocks, self._blocks + blocks, dtype=torch.int64, device=self.device)[None, :]
-        self._blocks += blocks
+    def _generate(self, start: int, blocks: int) -> torch.Tensor:
+        """Words of Philox blocks ``start .. start + blocks - 1`` for every sample: (batch, 4 * blocks)."""
+        ctr = torch.arange(start, start + blocks, dtype=torch.int64, device=self.device)[None, :]
         zero = torch.zeros_like(ctr)
-        words = philox4x32((ctr & _MASK32, (ctr >> 32) & _MASK32, zero, zero), self._key)
+        words = philox4x32((ctr & _MASK32, (ctr >> 32) & _MASK32, zero, zero), round_keys=self._round_keys)
         return torch.stack([w.expand(self.batch_size, blocks) for w in words], -1).reshape(self.batch_size, -1)
+
+    def _words(self, n: int) -> torch.Tensor:
+        """(batch, 4 * ceil(n / 4)) uniform 32-bit words (int64), advancing the shared counter by
+        ceil(n / 4) blocks (the rest of the last block is never used). Blocks are generated ahead in
+        growing chunks; a value depends only on (seed, block index), so buffering changes nothing."""
+        blocks = (n + 3) // 4
+        offset = self._blocks - self._buffer_start
+        if self._buffer is None or offset + blocks > self._buffer.shape[1] // 4:
+            self._chunk = min(self._MAX_CHUNK, 2 * self._chunk)
+            self._buffer = self._generate(self._blocks, max(blocks, self._chunk))
+            self._buffer_start, offset = self._blocks, 0
+        self._blocks += blocks
+        return self._buffer[:, 4 * offset:4 * (offset + blocks)]
 
     def _uniform64(self, n: int) -> torch.Tensor:
         """(batch, n) float64 uniforms in the open interval (0, 1)."""

@@ -50,3 +50,13 @@ def test_streams_are_uncorrelated_across_samples_and_draws():
     lag = torch.corrcoef(torch.stack([z[:, :-1].flatten(), z[:, 1:].flatten()]))[0, 1]
     assert abs(float(lag)) < 5 / np.sqrt(z.numel())
     assert not torch.equal(PerSampleRNG.for_indices(0, [0]).randn(8), PerSampleRNG.for_indices(1, [0]).randn(8))
+
+
+def test_buffered_draws_equal_direct_generation():
+    """Blocks generated ahead in chunks give the same values as generating each block on demand:
+    a draw of n values uses the next ceil(n / 4) blocks, and only (seed, block index) matters."""
+    rng = PerSampleRNG.for_indices(0, range(3))
+    draws = [rng.rand(5, dtype=torch.float64) for _ in range(40)]
+    ref = PerSampleRNG.for_indices(0, range(3))._generate(0, 80)
+    for k, x in enumerate(draws):
+        assert torch.equal(x, (ref[:, 8 * k:8 * k + 5].double() + 0.5) / 2**32)

@@ -133,8 +133,18 @@ class Process:
         return self._curve.derivative(t) if self._curve is not None else self.schedule.dlog_alpha_bar(t)
 
     def alpha_sigma(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha(t), sigma(t) (float64 tensors of t's shape)."""
-        t = _t64(t)
+        """alpha(t), sigma(t) (float64 tensors of t's shape). Memoised for Python-number times (a
+        sampler asks for the same few times at every batch); fresh tensors are returned each call."""
+        if isinstance(t, (int, float)):
+            cache = self.__dict__.setdefault("_alpha_sigma_cache", {})
+            if t not in cache:
+                a, s = self._alpha_sigma(_t64(t))
+                cache[t] = (float(a), float(s))
+            a, s = cache[t]
+            return torch.tensor(a, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
+        return self._alpha_sigma(_t64(t))
+
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "vp":
             lab = self.log_alpha_bar(t)
             return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
@@ -169,7 +179,16 @@ class Process:
         x_t | x_s, in units of Sigma): c_xt = a_ts sigma_s^2 / sigma_t^2, c_x0 = alpha_s var_ts /
         sigma_t^2, var = var_ts sigma_s^2 / sigma_t^2. For consecutive DDPM steps these are exactly
         2.4.21 (var_ts = beta_t, var = beta-tilde); the covariance is var * Sigma (6.2.17).
+        Memoised for Python-number times (the coefficients are plain floats).
         """
+        if isinstance(t, (int, float)) and (s is None or isinstance(s, (int, float))):
+            cache = self.__dict__.setdefault("_posterior_cache", {})
+            if (t, s) not in cache:
+                cache[(t, s)] = self._posterior(t, s)
+            return cache[(t, s)]
+        return self._posterior(t, s)
+
+    def _posterior(self, t: Any, s: Any | None) -> PosteriorCoeffs:
         t = _t64(t)
         if self.kind == "vp":
             lab_t = self.log_alpha_bar(t)
