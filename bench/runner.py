@@ -371,7 +371,8 @@ class CaseRunner:
             self.metrics[f"time_{key}_s"] = secs
         record.update({"metrics": {k: v for k, v in self.metrics.items()},
                        "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
-                       "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid()})
+                       "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid(),
+                       "threads": torch.get_num_threads()})
         if self.series.get("train_loss"):
             path = self.dir / "loss.png"
             with contextlib.suppress(Exception):

@@ -164,6 +164,8 @@ class Tracker:
                     "bench.train_key": record.get("train_key", "")[:16],
                     "bench.status": record["status"], "bench.kind": "case",
                     "bench.trained": str(record.get("trained", False)).lower(), **(tags or {})}
+        if record.get("threads"):  # torch threads the case ran with (they change float reductions)
+            run_tags["bench.threads"] = str(record["threads"])
         for k, v in (record.get("labels") or {}).items():
             run_tags[mlflow_key(f"bench.{k}")] = str(v)
         for k, v in (record.get("versions") or {}).items():
