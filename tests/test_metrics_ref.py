@@ -50,3 +50,29 @@ def test_ref_on_a_dataset_name_and_clear_errors(workdir):
     assert bad.exit_code == 2 and "did you mean 'digits8'" in bad.output
     missing = cli("ref", "nothere.yaml")
     assert missing.exit_code == 2 and "nothere.yaml" in missing.output
+
+
+LIKELIHOOD_SUITE = """\
+name: lik
+seed: 0
+defaults:
+  train: {steps: 0}
+  eval: {num_samples: 32, batch_size: 32, grid: 0}
+matrix:
+  dataset: [{name: gaussian, dim: 2, n_test: 100}]
+  family: [oracle_vp]
+  sampler: [{name: ddim, steps: 5}, {name: ddim, steps: 10}]
+metrics: [{name: nll, num_samples: 50}]
+"""
+
+
+def test_likelihood_is_measured_once_per_model(workdir):
+    """Cases that differ only in the sampler share the model, so the second reads the first's NLL."""
+    (workdir / "l.yaml").write_text(LIKELIHOOD_SUITE)
+    run = cli("run", "l.yaml", "-q")
+    assert run.exit_code == 0, run.output
+    records = sorted((json.loads(p.read_text()) for p in Path("results").rglob("record.json")),
+                     key=lambda r: r["started"])
+    first, second = (r["metrics"] for r in records)
+    assert first["nll_cached"] == 0 and second["nll_cached"] == 1
+    assert first["nll"] == second["nll"] and first["nll_nfe"] == second["nll_nfe"]

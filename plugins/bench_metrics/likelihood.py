@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 
 from bench.context import MetricSkipped
+from bench.store import content_key
 from bench.errors import UserError
 from bench.likelihood import bits_per_dim, dequantize, discrete_bits_per_dim, levels_from_model, unit_to_model
 from bench.rng import PerSampleRNG, derive_seed
@@ -121,7 +122,30 @@ class BitsPerDim:
         return {"values": v, "nfe": sum(nfes) / len(nfes), "method": method, "kind": kinds.pop(),
                 "extra": {k: sum(e) / len(e) for k, e in extras.items()}}
 
+    def _cache_key(self, ctx) -> str | None:
+        """The likelihood depends on the trained model and this metric's settings, not on the
+        sampler: cases that share a model (same dataset, family, training and seed) share it."""
+        cfg = getattr(ctx, "case_config", None) or {}
+        if not cfg.get("family"):
+            return None
+        model = {k: cfg.get(k) for k in ("dataset", "family", "train", "seed")}
+        return content_key("likelihood", model, self.key, self.method, self.num_samples, self.batch_size,
+                           self.split, self.dequantization, self.options)
+
     def compute(self, ctx) -> dict[str, float]:
+        key = self._cache_key(ctx)
+        entry = ctx.store.get("likelihood", key) if key else None
+        if entry is not None:
+            values = json.loads((entry / "values.json").read_text())
+            ctx.log(f"{self.key}: the model's likelihood was measured by an earlier case; loaded from the store")
+            return {**values, f"{self.key}_cached": 1.0}
+        values = self._compute(ctx)
+        if key:
+            ctx.store.put("likelihood", key, lambda d: (d / "values.json").write_text(json.dumps(values)),
+                          meta={"metric": self.key})
+        return {**values, f"{self.key}_cached": 0.0}
+
+    def _compute(self, ctx) -> dict[str, float]:
         out = self.evaluate(ctx)
         v, levels = out["values"], ctx.data.levels
         name = self.key if levels is not None else "nll"
