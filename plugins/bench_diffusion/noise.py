@@ -74,6 +74,32 @@ class NoiseModel:
     # subclasses: sqrt, inv_sqrt, cov, inv_cov, logdet
 
 
+class PowerNoise(NoiseModel):
+    """A noise model whose operators are powers of Sigma: ``_apply(x, p)`` returns Sigma^p x and
+    ``_logdet`` holds log det Sigma. sqrt = Sigma^(1/2), inv_sqrt = Sigma^(-1/2), cov = Sigma,
+    inv_cov = Sigma^-1."""
+
+    _logdet: float
+
+    def _apply(self, x: torch.Tensor, power: float) -> torch.Tensor:
+        raise NotImplementedError  # abstract: subclasses implement Sigma^power x
+
+    def sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, 0.5)
+
+    def inv_sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, -0.5)
+
+    def cov(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, 1.0)
+
+    def inv_cov(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, -1.0)
+
+    def logdet(self) -> float:
+        return self._logdet
+
+
 class Isotropic(NoiseModel):
     """Sigma = I: every operator is the identity (returns its argument), log det = 0."""
 
@@ -116,7 +142,7 @@ def gff_filter(size: Sequence[int], gamma: float, dc: float) -> np.ndarray:
     return h / np.sqrt(np.mean(h ** 2))
 
 
-class GFF(NoiseModel):
+class GFF(PowerNoise):
     """Gaussian free field noise: Sigma = W^-1 diag(h^2) W, with h the filter of :func:`gff_filter`
     (thesis section 6.5; diffusion-math.md section 5). Power spectrum E|FFT(g)|^2 = N h^2 ~ |k|^-2 gamma.
 
@@ -147,25 +173,10 @@ class GFF(NoiseModel):
 
     def _apply(self, x: torch.Tensor, power: float) -> torch.Tensor:
         h = self._h.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
-        filt = h ** power
+        filt = h ** (2 * power)  # h is the spectrum of sqrt(Sigma)
         if len(self.field) == 1:
             return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * filt, n=self.field[0], dim=-1)
         return torch.fft.irfft2(torch.fft.rfft2(x, dim=(-2, -1)) * filt, s=self.field, dim=(-2, -1))
-
-    def sqrt(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, 1.0)
-
-    def inv_sqrt(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, -1.0)
-
-    def cov(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, 2.0)
-
-    def inv_cov(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, -2.0)
-
-    def logdet(self) -> float:
-        return self._logdet
 
     def variances(self) -> torch.Tensor:
         return torch.full(self.shape, float(np.mean(self.h_full ** 2)), dtype=torch.float64)
@@ -176,7 +187,7 @@ class GFF(NoiseModel):
                 "condition_number": float((self.h_full.max() / self.h_full.min()) ** 2)}
 
 
-class Dense(NoiseModel):
+class Dense(PowerNoise):
     """A dense covariance over the flattened sample (point data): symmetric root from ``eigh`` (E15)."""
 
     name = "anisotropic"
@@ -200,26 +211,11 @@ class Dense(NoiseModel):
         m = self._mats[power].to(device=x.device, dtype=x.dtype)
         return (x.reshape(x.shape[0], self.dim) @ m).reshape(x.shape)  # m symmetric: x m = (m x^T)^T
 
-    def sqrt(self, x):
-        return self._apply(x, 0.5)
-
-    def inv_sqrt(self, x):
-        return self._apply(x, -0.5)
-
-    def cov(self, x):
-        return self._apply(x, 1.0)
-
-    def inv_cov(self, x):
-        return self._apply(x, -1.0)
-
-    def logdet(self) -> float:
-        return self._logdet
-
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "cov": self.matrix.tolist() if self.dim <= 16 else "dense"}
 
 
-class Diagonal(NoiseModel):
+class Diagonal(PowerNoise):
     """Sigma = diag(v): elementwise operators."""
 
     name = "diagonal"
@@ -239,21 +235,6 @@ class Diagonal(NoiseModel):
 
     def _apply(self, x, power):
         return x * self._v.to(device=x.device, dtype=x.dtype) ** power
-
-    def sqrt(self, x):
-        return self._apply(x, 0.5)
-
-    def inv_sqrt(self, x):
-        return self._apply(x, -0.5)
-
-    def cov(self, x):
-        return self._apply(x, 1.0)
-
-    def inv_cov(self, x):
-        return self._apply(x, -1.0)
-
-    def logdet(self) -> float:
-        return self._logdet
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "variances": self.variances.tolist() if self.dim <= 16 else "diag"}
