@@ -23,7 +23,7 @@ from . import plots
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .errors import BudgetExceeded, CaseFailed
 from .hookspecs import hookimpl
-from .rng import BatchRNG, PerSampleRNG, derive_seed
+from .rng import BatchRNG, derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label
 from .timing import NFECounter, PhaseTimer, peak_rss_mb
@@ -239,9 +239,7 @@ class CaseRunner:
         try:
             start = time.perf_counter()
             with counter.attached(modules), torch.set_grad_enabled(grad):
-                for lo in range(start_index, start_index + n, bs):
-                    idx = range(lo, min(start_index + n, lo + bs))
-                    rng = PerSampleRNG.for_indices(self.case.seed, idx, stream=stream)
+                for rng in sample_batches(self.case.seed, start_index, n, bs, stream):
                     counter.new_batch()
                     x = sampler.sample(family, rng)
                     outs.append(x.detach())

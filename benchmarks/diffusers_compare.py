@@ -56,15 +56,12 @@ def run_diffusers(sched, net, shape, steps, n, bs, seed, ddim: bool):
 
 
 def run_bench(sampler, family, n, bs, seed, per_sample: bool):
-    from bench.rng import BatchRNG, PerSampleRNG
+    from bench.rng import BatchRNG, sample_batches
 
-    outs = []
+    rngs = sample_batches(seed, 0, n, bs) if per_sample else \
+        (BatchRNG(seed + lo, min(bs, n - lo)) for lo in range(0, n, bs))
     with torch.no_grad():
-        for lo in range(0, n, bs):
-            idx = range(lo, min(n, lo + bs))
-            rng = PerSampleRNG.for_indices(seed, idx) if per_sample else BatchRNG(seed + lo, len(idx))
-            outs.append(sampler.sample(family, rng))
-    return torch.cat(outs)
+        return torch.cat([sampler.sample(family, rng) for rng in rngs])
 
 
 def main() -> None:

@@ -57,6 +57,6 @@ def test_buffered_draws_equal_direct_generation():
     a draw of n values uses the next ceil(n / 4) blocks, and only (seed, block index) matters."""
     rng = PerSampleRNG.for_indices(0, range(3))
     draws = [rng.rand(5, dtype=torch.float64) for _ in range(40)]
-    ref = PerSampleRNG.for_indices(0, range(3))._generate(0, 80)
+    ref = PerSampleRNG.for_indices(0, range(3))._generate(0, 80).t()  # (batch, words)
     for k, x in enumerate(draws):
         assert torch.equal(x, (ref[:, 8 * k:8 * k + 5].double() + 0.5) / 2**32)

@@ -82,6 +82,8 @@ class DiffusionFamily(nn.Module):
 
     def time_input(self, t: Any, batch: int, device=None) -> torch.Tensor:
         """The network's noise-level input 1000 t (zeros for the unconditional SMLD network)."""
+        if isinstance(t, (int, float)) and self.conditional:  # a sampler's step: no 0-d tensors
+            return torch.full((batch,), 1000.0 * t, dtype=torch.float32, device=device)
         t = _t64(t)
         if t.dim() == 0:
             t = t.expand(batch)
@@ -121,6 +123,9 @@ class DiffusionFamily(nn.Module):
 
     def x0(self, x: torch.Tensor, t: Any, eps: torch.Tensor) -> torch.Tensor:
         """Tweedie: x0_hat = (x - sigma sqrt(Sigma) eps) / alpha (6.2.15; E5 includes 1/alpha)."""
+        if isinstance(t, (int, float)):  # a sampler's step: Python floats, the same float32 arithmetic
+            a, s = self.process.alpha_sigma_floats(t)
+            return (x - s * self.noise.sqrt(eps)) / a
         a, s = self.process.alpha_sigma(t)
         return (x - _bcast(s, x) * self.noise.sqrt(eps)) / _bcast(a, x)
 

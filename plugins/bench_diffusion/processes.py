@@ -136,13 +136,17 @@ class Process:
         """alpha(t), sigma(t) (float64 tensors of t's shape). Memoised for Python-number times (a
         sampler asks for the same few times at every batch); fresh tensors are returned each call."""
         if isinstance(t, (int, float)):
-            cache = self.__dict__.setdefault("_alpha_sigma_cache", {})
-            if t not in cache:
-                a, s = self._alpha_sigma(_t64(t))
-                cache[t] = (float(a), float(s))
-            a, s = cache[t]
+            a, s = self.alpha_sigma_floats(t)
             return torch.tensor(a, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
         return self._alpha_sigma(_t64(t))
+
+    def alpha_sigma_floats(self, t: float) -> tuple[float, float]:
+        """alpha(t), sigma(t) as Python floats for a Python-number time (memoised)."""
+        cache = self.__dict__.setdefault("_alpha_sigma_cache", {})
+        if t not in cache:
+            a, s = self._alpha_sigma(_t64(t))
+            cache[t] = (float(a), float(s))
+        return cache[t]
 
     def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "vp":
