@@ -80,6 +80,7 @@ class PerSampleRNG:
     passes the :attr:`blocks_used` of the previous batch, so a batch is usually generated in one go.
     None of this changes a value."""
 
+    _NUMPY_ON_CPU = True  # False: torch integer ops on the CPU too (the path other devices take)
     _MAX_WORDS = 1 << 20  # words generated ahead per refill (at most, unless one draw needs more)
 
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu", prefetch: int = 0):
@@ -87,7 +88,7 @@ class PerSampleRNG:
         self.device = torch.device(device)
         # On the CPU the integer rounds run in numpy (uint64: about 1.5x the throughput of torch int64
         # and a quarter of its per-operation cost); elsewhere in torch, on the device.
-        self._numpy = self.device.type == "cpu"
+        self._numpy = self.device.type == "cpu" and self._NUMPY_ON_CPU
         keys = np.array(self.seeds, dtype=np.uint64) if self._numpy else \
             torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
         # keys vary along the last (batch) axis: buffers are word-major, (words, batch), so a draw

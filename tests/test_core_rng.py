@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from bench.rng import PerSampleRNG, philox4x32
+from bench.rng import PerSampleRNG, derive_seed, derive_seeds, philox4x32, sample_batches
 
 
 def words(c, k):
@@ -60,3 +60,48 @@ def test_buffered_draws_equal_direct_generation():
     ref = PerSampleRNG.for_indices(0, range(3))._generate(0, 80).t()  # (batch, words)
     for k, x in enumerate(draws):
         assert torch.equal(x, (ref[:, 8 * k:8 * k + 5].double() + 0.5) / 2**32)
+
+
+def test_numpy_and_torch_philox_agree(monkeypatch):
+    """The CPU path (numpy uint64) and the device path (torch int64) give the same words and draws."""
+    gen = np.random.default_rng(0)
+    c = [gen.integers(0, 2**32, size=(5, 7), dtype=np.uint64) for _ in range(4)]
+    k = [gen.integers(0, 2**32, size=(1, 7), dtype=np.uint64) for _ in range(2)]
+    by_numpy = philox4x32(tuple(c), tuple(k))
+    by_torch = philox4x32(tuple(torch.from_numpy(a.astype(np.int64)) for a in c),
+                          tuple(torch.from_numpy(a.astype(np.int64)) for a in k))
+    for a, b in zip(by_numpy, by_torch):
+        assert np.array_equal(a.astype(np.int64), b.numpy())
+    fast = PerSampleRNG.for_indices(4, range(9))
+    monkeypatch.setattr(PerSampleRNG, "_NUMPY_ON_CPU", False)
+    slow = PerSampleRNG.for_indices(4, range(9))
+    assert not slow._numpy and fast._numpy
+    for rng in (fast, slow):
+        rng.rand(3)
+    assert torch.equal(fast.randn(2, 5), slow.randn(2, 5)) and torch.equal(fast.randint(6, 11), slow.randint(6, 11))
+
+
+def test_prefetch_and_batches_change_no_value():
+    """Generating ahead (any prefetch size) and batching through sample_batches give the same draws
+    as one stream per sample drawn on its own."""
+    def draws(rng):
+        return [rng.randn(3), rng.rand(2, 2), rng.randn(1, 4, 4), rng.randint(5, 7), rng.randn(2)]
+
+    alone = [draws(PerSampleRNG.for_indices(1, [i])) for i in range(10)]
+    for prefetch in (0, 1, 3, 50):
+        got = draws(PerSampleRNG.for_indices(1, range(10), prefetch=prefetch))
+        for i in range(10):
+            assert all(torch.equal(g[i], a[0]) for g, a in zip(got, alone[i]))
+    rngs, batched = [], []
+    for rng in sample_batches(1, 0, 10, 4):  # each batch draws before the next is made
+        rngs.append(rng)
+        batched.append(draws(rng))
+    assert [r.batch_size for r in rngs] == [4, 4, 2]
+    for i in range(10):
+        assert all(torch.equal(g[i % 4], a[0]) for g, a in zip(batched[i // 4], alone[i]))
+    assert rngs[1]._chunk == rngs[0].blocks_used  # the second batch prefetched what the first drew
+
+
+def test_derive_seeds_matches_derive_seed():
+    assert derive_seeds((3, "sample"), range(50)) == [derive_seed(3, "sample", i) for i in range(50)]
+    assert derive_seeds((), ["x", 5]) == [derive_seed("x"), derive_seed(5)]
