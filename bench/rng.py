@@ -75,7 +75,7 @@ class PerSampleRNG:
     vectorised integer operations, while sample i still never depends on the batch it is in.
     Normals come from Box-Muller on 32-bit uniforms (computed in float64).
 
-    Blocks are generated ahead, in chunks that double from one block up to about 2^20 words per
+    Blocks are generated ahead, in chunks that grow 4-fold from one block up to about 2^20 words per
     refill. ``prefetch`` sets the size of the first chunk; a caller that samples batch after batch
     passes the :attr:`blocks_used` of the previous batch, so a batch is usually generated in one go.
     None of this changes a value."""
@@ -139,7 +139,7 @@ class PerSampleRNG:
         offset = self._blocks - self._buffer_start
         if self._buffer is None or offset + blocks > self._buffer.shape[0] // 4:
             if self._buffer is not None:  # the first refill uses the prefetch size as it is
-                self._chunk = min(self._max_chunk, 2 * self._chunk)
+                self._chunk = min(self._max_chunk, 4 * self._chunk)
             self._buffer = self._generate(self._blocks, max(blocks, self._chunk)).to(self.device)
             self._normals = None
             self._buffer_start, offset = self._blocks, 0

@@ -122,13 +122,22 @@ def coefficients(family, steps):
     return out
 
 
-def hand_sample(net, shape, coeffs, n, bs, seed, value_range=None):
+def hand_sample(net, shape, coeffs, n, bs, seed, value_range=None, streams: bool = False):
+    """The ancestral loop written out. Noise: ``torch.randn`` from one generator per batch, or with
+    ``streams`` the per-sample Philox streams bench uses (the same noise as a run, so the same samples)."""
+    from bench.rng import sample_batches
+
     outs = []
     with torch.no_grad():
-        for lo in range(0, n, bs):
+        streams_of = sample_batches(seed, 0, n, bs) if streams else (None for _ in range(0, n, bs))
+        for lo, rng in zip(range(0, n, bs), streams_of):
             b = min(bs, n - lo)
-            g = torch.Generator().manual_seed(seed + lo)
-            x = torch.randn((b, *shape), generator=g)
+            if rng is not None:
+                draw = lambda: rng.randn(*shape)  # noqa: E731
+            else:
+                g = torch.Generator().manual_seed(seed + lo)
+                draw = lambda: torch.randn((b, *shape), generator=g)  # noqa: E731
+            x = draw()
             for t_in, sa, s1a, c_xt, c_x0, std in coeffs:
                 eps = net(x, torch.full((b,), t_in))
                 x0 = (x - s1a * eps) / sa
@@ -136,7 +145,7 @@ def hand_sample(net, shape, coeffs, n, bs, seed, value_range=None):
                     x0 = x0.clamp(*value_range)
                 x = c_xt * x + c_x0 * x0
                 if std > 0:
-                    x = x + std * torch.randn((b, *shape), generator=g)
+                    x = x + std * draw()
             outs.append(x)
     return torch.cat(outs)
 
@@ -216,10 +225,15 @@ def main() -> None:
         "sample per-sample": lambda: C.wall(sampler_sample, family, sampler, case, "per-sample"),
         "sample batch": lambda: C.wall(sampler_sample, family, sampler, case, "batch"),
         "sample hand": lambda: C.wall(hand_sample, family.net, family.shape, coeffs, n, bs, case.seed, vr),
+        "sample hand streams": lambda: C.wall(hand_sample, family.net, family.shape, coeffs, n, bs, case.seed, vr,
+                                              True),
     }, args.repeats))
     ours = sampler_sample(family, sampler, case, "batch")
     hand = hand_sample(family.net, family.shape, coeffs, n, bs, case.seed, vr)
     diff = float((ours - hand).abs().max())
+    run_samples = runner.sample(family, sampler, n).samples
+    diff_streams = float((run_samples - hand_sample(family.net, family.shape, coeffs, n, bs, case.seed, vr,
+                                                    True)).abs().max())
 
     def row(phase, ref, label, key, bold=False):
         ratio, best = C.ratio(times, ref, key), min(times[ref]) / min(times[key])
@@ -234,12 +248,15 @@ def main() -> None:
             row("sample", "bench sample", "bench (`CaseRunner.sample`, as in a run)", "bench sample"),
             row("sample", "bench sample", "Ancestral.sample, per-sample RNG, no hooks", "sample per-sample"),
             row("sample", "bench sample", "Ancestral.sample, batch RNG", "sample batch"),
-            row("sample", "bench sample", "hand-written ancestral loop", "sample hand", True)]
+            row("sample", "bench sample", "hand-written ancestral loop, the same per-sample streams",
+                "sample hand streams", True),
+            row("sample", "bench sample", "hand-written ancestral loop, torch.randn per batch", "sample hand", True)]
     body = C.table(["phase", "variant", "seconds, median [min-max]", "bench / variant", "ratio of minima"], rows)
     notes = [f"{args.dataset}, ddpm + {'unet' if image else 'mlp'}, {steps} training steps of batch "
              f"{case.train['batch_size']}; ancestral {args.sample_steps} steps, {n} samples in batches of {bs}; "
              f"{args.repeats} interleaved repeats",
-             f"max |hand-written - Ancestral.sample| with the same noise: {diff:.2e}",
+             f"max |hand-written - Ancestral.sample| with the same noise: {diff:.2e} (torch.randn), "
+             f"{diff_streams:.2e} (per-sample streams, against the samples of `CaseRunner.sample`)",
              "target (bold): bench / the loop doing the same training, and bench / hand-written sampling, <= 1.05"]
     C.emit("Harness overhead: bench vs hand-written loops", body, args, notes)
 
