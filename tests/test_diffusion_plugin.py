@@ -146,3 +146,23 @@ metrics: [swd]
     swd = {(r["config"]["family"]["id"], r["config"]["sampler"]["name"]): r["metrics"]["swd"] for r in records}
     assert swd["ddpm", "pf_ode"] < 1.0 and swd["ddpm", "ancestral"] < 1.0, swd
     assert swd["smld_uncond", "cas"] < 2.0, swd
+
+
+@pytest.mark.parametrize("family, noise", [("ddpm", "isotropic"), ("ni_ddpm", "gff"), ("smld", "isotropic")])
+def test_python_float_times_take_the_same_arithmetic_as_tensor_times(family, noise):
+    """A sampler's step passes Python-float times, which skip 0-d tensors (memoised floats); the
+    result must be the same bits as with a tensor time."""
+    import torch
+
+    data = dataset("digits8")
+    spec = {"name": family, "network": {"name": "unet", "base": 8}}
+    if family == "ni_ddpm":
+        spec["noise"] = noise
+    fam = build("family", spec, data)
+    x, eps = torch.randn(5, *fam.shape), torch.randn(5, *fam.shape)
+    for t in fam.process.sampling_times(7):
+        tt = torch.tensor(t, dtype=torch.float64)
+        assert torch.equal(fam.x0(x, t, eps), fam.x0(x, tt, eps))
+        assert torch.equal(fam.time_input(t, 5), fam.time_input(tt, 5))
+        with torch.no_grad():
+            assert torch.equal(fam.eps(x, t), fam.eps(x, tt))
