@@ -1,0 +1,21 @@
+"""Every suite shipped in suites/ (the README's table) loads, validates and expands to cases."""
+from pathlib import Path
+
+import pytest
+
+from bench.plugins import get_manager
+from bench.suite import load_suite
+
+SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.yaml"))
+
+
+def test_the_readme_lists_every_shipped_suite():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert SUITES and all(f"`suites/{p.name}`" in readme for p in SUITES)
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suite_expands(path):
+    manager = get_manager()
+    suite = load_suite(path, manager.registries, manager.versions())
+    assert suite.cases and len({c.id for c in suite.cases}) == len(suite.cases)
