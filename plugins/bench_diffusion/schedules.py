@@ -58,17 +58,17 @@ class VPSchedule:
     name = "vp"
 
     def betas(self, T: int) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     def alpha_bars(self, T: int) -> np.ndarray:
         """alpha_bar_1..alpha_bar_T (float64)."""
         return np.cumprod(1.0 - self.betas(T))
 
     def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     def dlog_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -239,10 +239,10 @@ class VESchedule:
         return self.log_sigma(t).exp().numpy()
 
     def log_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     def dlog_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     def params(self) -> dict[str, Any]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, **self.fitted}

@@ -63,10 +63,10 @@ class FlowFamily(NFEBookkeeping):
     # ------------------------------------------------------------------ to implement
     def log_density(self, x: torch.Tensor, rng, cfg: SolverConfig, regularize: bool):
         """(log p(x) in nats per sample, kinetic (B,), jacobian (B,)) for dequantised model-space x."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     def generate(self, rng, temperature: float, cfg: SolverConfig, **kw: Any) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass implements it
 
     # ------------------------------------------------------------------ protocol
     def dequantize(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
