@@ -88,10 +88,18 @@ def test_missing_and_malformed_files_give_one_clear_line(tmp_path):
         CIFAR(root=tmp_path, which="cifar10")
 
 
-def test_registered_by_name(manager, tmp_path):
-    fake_cifar10(tmp_path, per_batch=2)
+def test_registered_by_name_and_checked_when_the_suite_loads(manager, tmp_path):
+    from bench.suite import load_suite
+
+    fake_cifar10(tmp_path / "c10", per_batch=2)
     regs = manager.registries
     assert regs.dataset.entry("cifar10").meta["modality"] == "image"
-    ds = regs.dataset.create({"name": "cifar10", "root": str(tmp_path)})
+    ds = regs.dataset.create({"name": "cifar10", **regs.dataset.validate("cifar10", {"root": str(tmp_path / "c10")})})
     assert ds.info.name == "cifar10" and ds.split("train").shape == (10, 3, 32, 32)
-    assert regs.dataset.validate("cifar100", {"root": str(tmp_path)})["which"] == "cifar100"
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: s\nmatrix:\n  dataset:\n    - {{name: cifar100, root: {tmp_path / 'c10'}}}\n"
+                     "  family: [ddpm]\n  sampler: [ddim]\n")
+    with pytest.raises(UserError) as err:
+        load_suite(suite, regs, manager.versions())
+    assert err.value.location.line == 4 and "cifar100: " in err.value.message
+    assert "lacks train, test, meta" in err.value.message

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import DirectoryPath
+from pydantic import AfterValidator, DirectoryPath
 
 from bench.errors import UserError
 from bench.protocols import DataInfo
@@ -37,16 +37,21 @@ LAYOUTS = {
 
 
 def find_root(root: Path, which: str) -> Path:
-    """The directory with every file of ``which``'s layout: ``root`` or ``root / folder``, or a
-    UserError naming the files expected."""
+    """The directory with every file of ``which``'s layout: ``root`` or ``root / folder``; a
+    ValueError naming the files expected otherwise (checked when the suite is validated)."""
     lay = LAYOUTS[which]
     files = lay["train"] + lay["test"] + [lay["meta"]]
     for cand in (root, root / lay["folder"]):
         if all((cand / f).is_file() for f in files):
             return cand
     missing = [f for f in files if not (root / f).is_file()]
-    raise UserError(f"{which}: {root} lacks {', '.join(missing)} (expected the CIFAR python version: "
-                    f"{', '.join(files)}, in {root} or {root / lay['folder']})")
+    raise ValueError(f"{which}: {root} lacks {', '.join(missing)} (expected the CIFAR python version: "
+                     f"{', '.join(files)}, in {root} or {root / lay['folder']})")
+
+
+def root_of(which: str):
+    """A suite parameter type: an existing directory holding ``which``'s files."""
+    return Annotated[DirectoryPath, AfterValidator(lambda p: (find_root(Path(p), which), p)[1])]
 
 
 def unpickle(path: Path) -> dict:
@@ -72,11 +77,14 @@ def read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarr
 
 
 class CIFAR(Labelled):
-    """``cifar10`` / ``cifar100`` (registered with ``which`` fixed): param ``root``."""
+    """The reader; ``cifar10`` and ``cifar100`` are the subclasses below (param ``root``)."""
 
-    def __init__(self, root: DirectoryPath, which: Literal["cifar10", "cifar100"] = "cifar10"):
+    def __init__(self, root: Path, which: Literal["cifar10", "cifar100"]):
         lay = LAYOUTS[which]
-        where = find_root(Path(root), which)
+        try:
+            where = find_root(Path(root), which)
+        except ValueError as e:  # built outside a suite
+            raise UserError(str(e)) from None
         self._splits, self._labels = {}, {}
         for split in ("train", "test"):
             parts = [read_batch(where / f, lay["label_key"], lay["num_classes"]) for f in lay[split]]
@@ -89,3 +97,13 @@ class CIFAR(Labelled):
 
     def split(self, name: str) -> torch.Tensor:
         return self._splits[name]
+
+
+class CIFAR10(CIFAR):
+    def __init__(self, root: root_of("cifar10")):
+        super().__init__(root, "cifar10")
+
+
+class CIFAR100(CIFAR):
+    def __init__(self, root: root_of("cifar100")):
+        super().__init__(root, "cifar100")

@@ -24,9 +24,9 @@ def bench_register_datasets(register):
     register("image_folder", "bench_data.folder:ImageFolder", modality="image",
              description="your own images: every PNG/JPEG under a local directory (class labels from "
                          "subfolders), resized or at their own resolution, greyscale or RGB")
-    register("cifar10", "bench_data.cifar:CIFAR", defaults={"which": "cifar10"}, modality="image",
+    register("cifar10", "bench_data.cifar:CIFAR10", modality="image",
              description="CIFAR-10 from a local copy of the python version (root=), 8-bit 32x32 RGB, 10 labels")
-    register("cifar100", "bench_data.cifar:CIFAR", defaults={"which": "cifar100"}, modality="image",
+    register("cifar100", "bench_data.cifar:CIFAR100", modality="image",
              description="CIFAR-100 from a local copy of the python version (root=), 8-bit 32x32 RGB, 100 fine labels")
     register("npz", "bench_data.npz:NPZImages", modality="image",
              description="images from an .npz file (path=): x (N, C, H, W) uint8 or float in [-1, 1], optional labels y")
