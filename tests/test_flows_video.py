@@ -1,6 +1,4 @@
-"""moving_digits, the video metrics and the latent ODE (flows-math.md section 4)."""
-import math
-
+"""moving_digits and the latent ODE (flows-math.md section 4), measured by the ``video`` metric."""
 import numpy as np
 import pytest
 import torch
@@ -8,9 +6,8 @@ import torch
 from bench.rng import BatchRNG
 from bench_data.moving_digits import MovingDigits, digit_sprites
 from bench_flows.latent_ode import LatentODE
-from bench_flows.video_metrics import VideoRecon, frame_psnr, frame_ssim
-
-
+from bench_metrics.testing import metric_context
+from bench_metrics.video import VideoMetrics
 
 
 @pytest.fixture(scope="module")
@@ -53,36 +50,6 @@ def test_two_digits_bounce_inside():
     assert flips > 0  # some digits did bounce
 
 
-def test_ssim_and_psnr_closed_forms():
-    a = torch.full((2, 1, 16, 16), 0.3)
-    b = torch.full((2, 1, 16, 16), 0.5)
-    c1 = 0.01 ** 2
-    expect = (2 * 0.3 * 0.5 + c1) / (0.3 ** 2 + 0.5 ** 2 + c1)  # constant images: sigma terms cancel
-    torch.testing.assert_close(frame_ssim(a, b), torch.full((2,), expect), rtol=1e-6, atol=0)
-    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(frame_ssim(x, x), torch.ones(3))
-    torch.testing.assert_close(frame_psnr(a, b), torch.full((2,), 10 * math.log10(1 / 0.04)))
-
-
-def test_ssim_matches_a_direct_window_loop():
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(1, 1, 14, 13, generator=g, dtype=torch.float64)
-    y = (x + 0.2 * torch.rand(1, 1, 14, 13, generator=g, dtype=torch.float64)).clamp(0, 1)
-    r = np.arange(11) - 5
-    w = np.exp(-r ** 2 / (2 * 1.5 ** 2))
-    w = np.outer(w, w)
-    w /= w.sum()
-    xs, ys, vals = x[0, 0].numpy(), y[0, 0].numpy(), []
-    for i in range(14 - 10):
-        for j in range(13 - 10):
-            px, py = xs[i:i + 11, j:j + 11], ys[i:i + 11, j:j + 11]
-            mx, my = (w * px).sum(), (w * py).sum()
-            vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
-            cxy = (w * (px - mx) * (py - my)).sum()
-            vals.append((2 * mx * my + 1e-4) * (2 * cxy + 9e-4) / ((mx ** 2 + my ** 2 + 1e-4) * (vx + vy + 9e-4)))
-    assert float(frame_ssim(x, y)) == pytest.approx(float(np.mean(vals)), rel=1e-5)
-
-
 class Ctx:
     def __init__(self, ds):
         self.data = ds.info
@@ -108,28 +75,32 @@ def test_latent_ode_trains_and_predicts(small, variant, task):
     assert fam.train_stats()["train_nfe_forward"] > 0
     fam.eval()
     videos = small.split("test")[:4]
-    recon, pred = fam.reconstruct_and_predict(videos)
+    ci, ti = fam.context_index, fam.target_index
+    recon, pred = fam.reconstruct_and_predict(videos[:, ci], ci, ti)
     assert recon.shape == pred.shape == (4, 10, 1, 32, 32)
     # the vector-of-output-times interface gives the same frames
-    ctx_frames = videos[:, fam.context_index]
-    target_times = fam.times(fam.target_index)
-    torch.testing.assert_close(fam.predict_at(ctx_frames, target_times), pred, rtol=1e-4, atol=1e-4)
-
-    class M:
-        family, dataset = fam, small
-    out = VideoRecon(num_videos=4).compute(M)
-    first = fam.target_index[0] + 1
-    assert {"recon_psnr", "pred_psnr", "pred_ssim", "recon_mse", f"pred_psnr_t{first}"} <= set(out)
+    torch.testing.assert_close(fam.predict_at(videos[:, ci], fam.times(ti)), pred, rtol=1e-4, atol=1e-4)
+    stride = 2 if task == "interpolation" else 1
+    out = VideoMetrics(context_frames=10, context_stride=stride, num_videos=4).compute(metric_context(small, family=fam))
+    first = ti[0] + 1
+    assert {"recon_psnr", "pred_psnr", "pred_ssim", "recon_mse", f"pred_psnr_t{first}", "extrap_ssim"} <= set(out)
+    assert ("interp_ssim" in out) == (task == "interpolation")
     assert 0 < out["pred_mse"] < 1 and out["pred_psnr"] == pytest.approx(
-        np.mean([out[f"pred_psnr_t{i + 1}"] for i in fam.target_index]), rel=1e-6)
+        np.mean([out[f"pred_psnr_t{i + 1}"] for i in ti]), rel=1e-6)
 
 
-def test_latent_ode_context_horizon_interface(small):
+def test_latent_ode_reconstruct_and_predict_is_one_solve_through_the_asked_frames(small):
     torch.manual_seed(1)
     fam = LatentODE(latent_dim=4, channels=[4, 8], ode_hidden=[8], step_size=0.1, context=Ctx(small))
     videos = small.split("test")[:2]
-    recon, pred = fam.reconstruct_and_predict(videos)
-    recon2, pred2 = fam.reconstruct_and_predict(videos[:, :10], 10, None)
-    torch.testing.assert_close(recon2, recon)
-    torch.testing.assert_close(pred2, pred)
-    assert fam.reconstruct_and_predict(videos[:, :10], 3)[1].shape == (2, 3, 1, 32, 32)
+    every = fam.predict_at(videos[:, :10], fam.times(list(range(20))))
+    recon, pred = fam.reconstruct_and_predict(videos[:, :10], range(10), range(10, 20))
+    torch.testing.assert_close(recon, every[:, :10])
+    torch.testing.assert_close(pred, every[:, 10:])
+    assert fam.reconstruct_and_predict(videos[:, :10], range(10), range(10, 13))[1].shape == (2, 3, 1, 32, 32)
+    # interpolation: even frames in, odd frames out (the deterministic encoder reads the first frame only)
+    recon, pred = fam.reconstruct_and_predict(videos[:, 0:20:2], range(0, 20, 2), range(1, 20, 2))
+    torch.testing.assert_close(recon, every[:, 0::2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pred, every[:, 1::2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="forward from its first context frame"):
+        fam.reconstruct_and_predict(videos[:, 5:10], range(5, 10), [2])

@@ -1,89 +1,135 @@
-"""Per-frame MSE/PSNR/SSIM: invariants, a direct per-window SSIM, closed forms, and the video metric
-with a copy-last-frame baseline whose errors per horizon are known exactly."""
+"""The ``video`` metric: PSNR/SSIM (torchmetrics) against closed forms, a window-by-window SSIM, scipy's
+Gaussian filter and scikit-image; the splits; and baselines whose errors per frame are known exactly."""
 import math
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch import nn
 
 from bench.context import MetricSkipped
 from bench.protocols import DataInfo
 from bench_metrics.testing import metric_context
-from bench_metrics.video import VideoMetrics, mse_per_frame, psnr_per_frame, ssim_per_frame
+from bench_metrics.video import (PSNR_CAP, VideoMetrics, VideoRecon, mse_per_frame, psnr_per_frame,
+                                 ssim_per_frame, video_splits)
+
+C1, C2 = 0.01 ** 2, 0.03 ** 2
 
 
 def clip(b=2, t=3, c=2, h=12, w=12, seed=0):
     """Frames in [0, 1] (the metric functions' input range)."""
-    return torch.rand(b, t, c, h, w, generator=torch.Generator().manual_seed(seed))
+    return torch.rand(b, t, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_identical_frames_give_infinite_psnr_and_unit_ssim():
+def test_identical_frames_give_capped_psnr_and_unit_ssim():
     x = clip()
-    assert torch.isinf(psnr_per_frame(x, x)).all()
+    assert torch.equal(psnr_per_frame(x, x), torch.full((2, 3), PSNR_CAP, dtype=torch.float64))
     assert torch.allclose(ssim_per_frame(x, x), torch.ones(2, 3, dtype=torch.float64))
     assert torch.equal(mse_per_frame(x, x), torch.zeros(2, 3, dtype=torch.float64))
 
 
 def test_psnr_of_a_constant_offset():
-    x = clip()
-    y = x + 0.1
-    assert torch.allclose(psnr_per_frame(y, x), torch.full((2, 3), 10 * math.log10(1 / 0.01), dtype=torch.float64))
+    x = clip() * 0.8
+    assert torch.allclose(psnr_per_frame(x + 0.1, x), torch.full((2, 3), 20.0, dtype=torch.float64))  # 10 log10(1/0.01)
+    assert torch.allclose(psnr_per_frame(x + 1e-6, x), torch.full((2, 3), 100.0, dtype=torch.float64))  # 120 dB, capped
 
 
-def naive_ssim(a, b, data_range=1.0, size=11, sigma=1.5):
-    """SSIM of two (C, H, W) arrays, window by window, with numpy."""
+def test_psnr_agrees_with_torchmetrics():
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+    a, b = clip(seed=6), clip(seed=7)
+    ref = peak_signal_noise_ratio(a.flatten(0, 1), b.flatten(0, 1), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    torch.testing.assert_close(psnr_per_frame(a, b), ref.reshape(2, 3), rtol=1e-7, atol=0)
+
+
+def gaussian_window(size=11, sigma=1.5):
     r = np.arange(size) - (size - 1) / 2
     g = np.exp(-r ** 2 / (2 * sigma ** 2))
-    w = np.outer(g, g) / np.outer(g, g).sum()
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    vals = []
+    return np.outer(g, g) / np.outer(g, g).sum()
+
+
+def naive_ssim(a, b):
+    """SSIM (Wang et al. 2004) of two (C, H, W) arrays in [0, 1], window by window, with numpy."""
+    w, vals = gaussian_window(), []
     for ch in range(a.shape[0]):
-        for i in range(a.shape[1] - size + 1):
-            for j in range(a.shape[2] - size + 1):
-                pa, pb = a[ch, i:i + size, j:j + size], b[ch, i:i + size, j:j + size]
+        for i in range(a.shape[1] - 10):
+            for j in range(a.shape[2] - 10):
+                pa, pb = a[ch, i:i + 11, j:j + 11], b[ch, i:i + 11, j:j + 11]
                 ma, mb = (w * pa).sum(), (w * pb).sum()
                 va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
                 cov = (w * (pa - ma) * (pb - mb)).sum()
-                vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+                vals.append((2 * ma * mb + C1) * (2 * cov + C2) / ((ma ** 2 + mb ** 2 + C1) * (va + vb + C2)))
     return float(np.mean(vals))
 
 
-def test_ssim_matches_a_direct_window_by_window_computation():
+def scipy_ssim(a, b):
+    """The same with scipy's Gaussian filter (radius int(3.5 sigma + 0.5) = 5), interior windows only."""
+    def f(z):
+        return ndimage.gaussian_filter(z, 1.5, truncate=3.5, mode="mirror")[5:-5, 5:-5]
+    vals = []
+    for x, y in zip(a, b):
+        mx, my = f(x), f(y)
+        vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+        vals.append(((2 * mx * my + C1) * (2 * cxy + C2) / ((mx ** 2 + my ** 2 + C1) * (vx + vy + C2))).ravel())
+    return float(np.concatenate(vals).mean())
+
+
+def test_ssim_matches_a_window_by_window_computation_and_scipy():
     a = clip(1, 1, 2, 14, 13, seed=1)
     b = (a + 0.3 * clip(1, 1, 2, 14, 13, seed=2) - 0.15).clamp(0, 1)
     ours = float(ssim_per_frame(b, a)[0, 0])
-    assert ours == pytest.approx(naive_ssim(b[0, 0].double().numpy(), a[0, 0].double().numpy()), rel=1e-10)
+    assert ours == pytest.approx(naive_ssim(b[0, 0].numpy(), a[0, 0].numpy()), rel=1e-10)
+    assert ours == pytest.approx(scipy_ssim(b[0, 0].numpy(), a[0, 0].numpy()), rel=1e-10)
     assert 0.2 < ours < 0.99
-    # frames smaller than 11 pixels use the largest odd window that fits
-    s = clip(1, 1, 1, 8, 8, seed=3)
-    t = s * 0.5
-    assert float(ssim_per_frame(t, s)[0, 0]) == pytest.approx(naive_ssim(t[0, 0].double().numpy(), s[0, 0].double().numpy(), size=7), rel=1e-10)
+
+
+def test_ssim_matches_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics")
+    a = clip(1, 1, 1, 32, 32, seed=4)
+    b = (0.7 * a + 0.3 * clip(1, 1, 1, 32, 32, seed=5)).clamp(0, 1)
+    ref = metrics.structural_similarity(b[0, 0, 0].numpy(), a[0, 0, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=1.0)
+    assert float(ssim_per_frame(b, a)[0, 0]) == pytest.approx(ref, rel=1e-8)
 
 
 def test_ssim_of_constant_frames_is_the_luminance_term():
-    c1 = 0.01 ** 2
-    a, b = torch.full((1, 1, 1, 12, 12), 0.6), torch.full((1, 1, 1, 12, 12), 0.3)
-    expected = (2 * 0.6 * 0.3 + c1) / (0.6 ** 2 + 0.3 ** 2 + c1)
-    assert float(ssim_per_frame(a, b)[0, 0]) == pytest.approx(expected, rel=1e-6)
+    a, b = (torch.full((1, 1, 1, 12, 12), v, dtype=torch.float64) for v in (0.6, 0.3))
+    expected = (2 * 0.6 * 0.3 + C1) / (0.6 ** 2 + 0.3 ** 2 + C1)
+    assert float(ssim_per_frame(a, b)[0, 0]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ssim_rejects_frames_smaller_than_the_window():
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim_per_frame(clip(h=10), clip(h=10))
+
+
+def test_splits():
+    assert video_splits(20, 10, 1, None) == {"recon": list(range(10)), "interp": [], "extrap": list(range(10, 20))}
+    assert video_splits(20, 10, 2, None) == {"recon": list(range(0, 20, 2)), "interp": list(range(1, 18, 2)),
+                                             "extrap": [19]}
+    assert video_splits(20, 5, 1, 3)["extrap"] == [5, 6, 7]
+    with pytest.raises(ValueError, match="clip length"):
+        video_splits(20, 10, 1, 11)
+    with pytest.raises(ValueError, match="need 21 frames"):
+        video_splits(20, 11, 2, None)
 
 
 class Ramps:
     """Videos whose frame t is the constant (offset + step * t)."""
 
     def __init__(self, n=10, t=8, step=0.1):
-        off = torch.linspace(-0.9, -0.3, n)
-        frames = off[:, None] + step * torch.arange(t)[None, :]
-        v = frames[:, :, None, None, None].expand(n, t, 1, 8, 8).contiguous()
-        self.info = DataInfo("ramps", (t, 1, 8, 8), "video")
+        self.offsets = torch.linspace(-0.9, -0.3, n, dtype=torch.float64)
+        frames = self.offsets[:, None] + step * torch.arange(t, dtype=torch.float64)[None, :]
+        v = frames[:, :, None, None, None].expand(n, t, 1, 12, 12).contiguous()
+        self.info = DataInfo("ramps", (t, 1, 12, 12), "video")
         self._s = {"train": v, "test": v}
 
     def split(self, name):
         return self._s[name]
 
 
-class CopyLast(nn.Module):
-    """Reconstructs perfectly and predicts by repeating the last context frame."""
+class CopyPrevious(nn.Module):
+    """Reconstructs perfectly and predicts each frame by the last context frame before it."""
 
     provides = frozenset({"video_predict"})
 
@@ -91,37 +137,69 @@ class CopyLast(nn.Module):
         super().__init__()
         self.seen = []
 
-    def reconstruct_and_predict(self, context, horizon, rng):
-        self.seen.append(context.shape)
-        return context.clone(), context[:, -1:].expand(-1, horizon, -1, -1, -1)
+    def reconstruct_and_predict(self, context, context_index, target_index, rng):
+        self.seen.append((context.clone(), context_index, target_index))
+        src = [max(j for j, c in enumerate(context_index) if c < t) for t in target_index]
+        return context.clone(), context[:, src]
 
 
-def test_video_metric_per_horizon_errors_of_a_copy_last_baseline():
-    fam = CopyLast()
-    out = VideoMetrics(context_frames=5, num_videos=None, batch_size=4).compute(metric_context(Ramps(), family=fam))
-    assert all(shape[1] == 5 for shape in fam.seen)  # the family never saw future frames
+def luminance(ds, t_a, t_b):
+    """Mean SSIM of constant frames t_a and t_b of Ramps (the luminance term)."""
+    mu_a, mu_b = (1 + ds.offsets + 0.1 * t_a) / 2, (1 + ds.offsets + 0.1 * t_b) / 2
+    return float(((2 * mu_a * mu_b + C1) / (mu_a ** 2 + mu_b ** 2 + C1)).mean())
+
+
+def test_extrapolation_errors_of_a_copy_last_baseline():
+    fam, ds = CopyPrevious(), Ramps()
+    out = VideoMetrics(context_frames=5, num_videos=None, batch_size=4).compute(metric_context(ds, family=fam))
+    for context, ci, ti in fam.seen:  # the family saw the context frames only
+        assert ci == (0, 1, 2, 3, 4) and ti == (5, 6, 7) and context.shape[1] == 5
     assert out["video_num_videos"] == 10
-    for h in (1, 2, 3):  # frame 5+h-1 differs from frame 4 by 0.1 h in [-1, 1], 0.05 h in [0, 1]
-        assert out[f"pred_mse_h{h}"] == pytest.approx((0.05 * h) ** 2, rel=1e-5)
-        assert out[f"pred_psnr_h{h}"] == pytest.approx(10 * math.log10(1 / (0.05 * h) ** 2), rel=1e-5)
-        mu_a, mu_b = (1 + 0.1 * 4 + torch.linspace(-0.9, -0.3, 10)) / 2, (1 + 0.1 * (4 + h) + torch.linspace(-0.9, -0.3, 10)) / 2
-        ssim = ((2 * mu_a * mu_b + 1e-4) / (mu_a ** 2 + mu_b ** 2 + 1e-4)).mean()  # constant frames
-        assert out[f"pred_ssim_h{h}"] == pytest.approx(float(ssim), rel=1e-5)
-    assert out["pred_mse_h1"] < out["pred_mse_h2"] < out["pred_mse_h3"]
-    assert out["pred_mse"] == pytest.approx(np.mean([(0.05 * h) ** 2 for h in (1, 2, 3)]), rel=1e-5)
-    assert out["recon_mse"] == 0 and out["recon_psnr"] == pytest.approx(100.0) and out["recon_ssim"] == pytest.approx(1.0)
-    assert "recon_psnr_t5" in out and "pred_ssim_h4" not in out
+    for h in (1, 2, 3):  # frame 5+h differs from frame 5 by 0.1 h in [-1, 1], 0.05 h in [0, 1]
+        assert out[f"pred_mse_t{5 + h}"] == pytest.approx((0.05 * h) ** 2, rel=1e-9)
+        assert out[f"pred_psnr_t{5 + h}"] == pytest.approx(10 * math.log10(1 / (0.05 * h) ** 2), rel=1e-9)
+        assert out[f"pred_ssim_t{5 + h}"] == pytest.approx(luminance(ds, 4, 4 + h), rel=1e-9)
+    assert out["extrap_mse"] == out["pred_mse"] == pytest.approx(np.mean([(0.05 * h) ** 2 for h in (1, 2, 3)]), rel=1e-9)
+    assert out["recon_mse"] == 0 and out["recon_psnr"] == PSNR_CAP and out["recon_ssim"] == pytest.approx(1.0)
+    assert "recon_psnr_t5" in out and "pred_psnr_t5" not in out and "interp_mse" not in out
+
+
+def test_interpolation_and_extrapolation_splits_of_a_copy_previous_baseline(tmp_path):
+    fam, ds = CopyPrevious(), Ramps()
+    out = VideoMetrics(context_frames=4, context_stride=2, num_videos=None).compute(
+        metric_context(ds, family=fam, artifact_dir=tmp_path))
+    context, ci, ti = fam.seen[0]
+    assert ci == (0, 2, 4, 6) and ti == (1, 3, 5, 7)
+    assert torch.equal(context, ds.split("test")[:, [0, 2, 4, 6]])
+    # every predicted frame is one step (0.05 in [0, 1]) from its source
+    for part in ("interp", "extrap", "pred"):
+        assert out[f"{part}_mse"] == pytest.approx(0.05 ** 2, rel=1e-9)
+    assert out["interp_ssim"] == pytest.approx(np.mean([luminance(ds, t - 1, t) for t in (1, 3, 5)]), rel=1e-9)
+    assert out["extrap_ssim"] == pytest.approx(luminance(ds, 6, 7), rel=1e-9)
+    assert {f"pred_mse_t{t}" for t in (2, 4, 6, 8)} <= set(out)
+    lines = (tmp_path / "video_per_frame.csv").read_text().splitlines()
+    assert lines[0] == "split,frame,horizon,mse,psnr,ssim"
+    assert [ln.split(",")[:3] for ln in lines[1:]] == [["recon", "1", ""], ["interp", "2", ""], ["recon", "3", ""],
+                                                        ["interp", "4", ""], ["recon", "5", ""], ["interp", "6", ""],
+                                                        ["recon", "7", ""], ["extrap", "8", "1"]]
 
 
 def test_video_metric_checks_the_interface():
     with pytest.raises(MetricSkipped, match="reconstruct_and_predict"):
         VideoMetrics().compute(metric_context(Ramps(), family=nn.Linear(1, 1)))
 
-    class Wrong(CopyLast):
-        def reconstruct_and_predict(self, context, horizon, rng):
+    class Wrong(CopyPrevious):
+        def reconstruct_and_predict(self, context, context_index, target_index, rng):
             return context, context  # wrong number of predicted frames
 
     with pytest.raises(ValueError, match="expected"):
         VideoMetrics(context_frames=5).compute(metric_context(Ramps(), family=Wrong()))
     with pytest.raises(ValueError, match="clip length"):
-        VideoMetrics(context_frames=5, horizon=4).compute(metric_context(Ramps(), family=CopyLast()))
+        VideoMetrics(context_frames=5, horizon=4).compute(metric_context(Ramps(), family=CopyPrevious()))
+
+
+def test_video_recon_is_a_deprecated_alias():
+    said = []
+    ctx = metric_context(Ramps(), family=CopyPrevious(), log=said.append)
+    assert VideoRecon(context_frames=5).compute(ctx) == VideoMetrics(context_frames=5).compute(ctx)
+    assert len(said) == 1 and "deprecated" in said[0] and "`video`" in said[0]

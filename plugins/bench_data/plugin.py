@@ -1,4 +1,5 @@
-"""Built-in datasets: toy 2-D sets, Gaussians, sklearn digits (8x8 and 16x16), moving digits video."""
+"""Built-in datasets: toy 2-D sets, Gaussians, sklearn digits (8x8 and 16x16), moving digits video,
+and images from disk (a folder, CIFAR-10/100, an .npz file)."""
 from __future__ import annotations
 
 from bench.hookspecs import hookimpl
@@ -21,6 +22,13 @@ def bench_register_datasets(register):
     register("digits16", "bench_data.digits:Digits", defaults={"size": 16}, modality="image",
              description="sklearn digits upsampled to 16x16 and requantised to 8 bits")
     register("image_folder", "bench_data.folder:ImageFolder", modality="image",
-             description="your own images: every PNG/JPEG under a local directory, resized and greyscaled or RGB")
+             description="your own images: every PNG/JPEG under a local directory (class labels from "
+                         "subfolders), resized or at their own resolution, greyscale or RGB")
+    register("cifar10", "bench_data.cifar:CIFAR10", modality="image",
+             description="CIFAR-10 from a local copy of the python version (root=), 8-bit 32x32 RGB, 10 labels")
+    register("cifar100", "bench_data.cifar:CIFAR100", modality="image",
+             description="CIFAR-100 from a local copy of the python version (root=), 8-bit 32x32 RGB, 100 fine labels")
+    register("npz", "bench_data.npz:NPZImages", modality="image",
+             description="images from an .npz file (path=): x (N, C, H, W) uint8 or float in [-1, 1], optional labels y")
     register("moving_digits", "bench_data.moving_digits:MovingDigits", modality="video",
              description="Moving-MNIST-style 32x32 videos of 1 or 2 bouncing sklearn digits, 20 frames")

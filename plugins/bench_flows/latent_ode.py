@@ -139,24 +139,22 @@ class LatentODE(NFEBookkeeping):
         return self.decode(self.latent_path(mu, t0, times)).clamp(-1, 1)
 
     @torch.no_grad()
-    def reconstruct_and_predict(self, videos: torch.Tensor, horizon: Optional[int] = None,
+    def reconstruct_and_predict(self, context: torch.Tensor, context_index, target_index,
                                 rng=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, C, H, W) whole videos -> (reconstructed context frames, predicted target frames).
-
-        With ``horizon`` (the ``bench_metrics`` ``video`` interface), ``videos`` holds only the first
-        context frames and the next ``horizon`` frames are predicted (extrapolation models only)."""
-        if horizon is None:
-            context = videos[:, self.context_index]
-            frames = self.predict_at(context, self.times(list(range(self.frames))))
-            return frames[:, self.context_index], frames[:, self.target_index]
-        if self.task != "extrapolation" or videos.shape[1] != len(self.context_index):
-            from bench.context import MetricSkipped
-
-            raise MetricSkipped(f"this latent_ode ({self.task}, {len(self.context_index)} context frames) "
-                                f"cannot predict from {videos.shape[1]} leading frames")
-        n = videos.shape[1]
-        frames = self.predict_at(videos, self.times(list(range(n + horizon))))
-        return frames[:, :n], frames[:, n:]
+        """The video convention (bench_metrics/video.py): ``context`` (B, n_c, C, H, W) holds the frames
+        at the increasing indices ``context_index``; returns their reconstruction and the frames at
+        ``target_index`` (each after the first context frame). z_0 = q(context) at t(context_index[0])
+        (mu for the VAE), then one solve through the times of both index sets."""
+        ci, ti = list(context_index), list(target_index)
+        if ti and min(ti) <= ci[0]:
+            raise ValueError(f"latent_ode predicts forward from its first context frame ({ci[0] + 1}), "
+                             f"asked for frame {min(ti) + 1}")
+        self._ensure_hooks()
+        mu, _, _ = self.encode(context)
+        order = sorted(set(ci) | set(ti))
+        frames = self.decode(self.latent_path(mu, float(self.times(ci[:1])), self.times(order))).clamp(-1, 1)
+        at = {t: j for j, t in enumerate(order)}
+        return frames[:, [at[t] for t in ci]], frames[:, [at[t] for t in ti]]
 
     def describe(self) -> dict[str, Any]:
         return {"family": "latent_ode", "variant": self.variant, "task": self.task,

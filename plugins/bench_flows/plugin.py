@@ -1,5 +1,5 @@
 """bench_flows: continuous normalizing flows (``cnf``, ``mrcnf``), the latent neural ODE for video
-(``latent_ode``), the ``ode`` sampler and the ``video_recon`` / ``ode_stats`` metrics.
+(``latent_ode``; measured by ``bench_metrics``' ``video``), the ``ode`` sampler and the ``ode_stats`` metric.
 
 The math is in shared/reference/flows-math.md; each module's docstring cites its section.
 """
@@ -27,7 +27,5 @@ def bench_register_samplers(register):
 
 @hookimpl
 def bench_register_metrics(register):
-    register("video_recon", "bench_flows.video_metrics:VideoRecon", modalities=["video"], requires=["video"],
-             description="per-frame MSE/PSNR/SSIM of reconstructed (1-10) and predicted (11-20) frames")
     register("ode_stats", "bench_flows.stats:ODEStats", requires=["ode"],
              description="training NFE per step (forward/backward), parameters per level, solver settings")

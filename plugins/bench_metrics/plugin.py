@@ -27,7 +27,9 @@ def bench_register_metrics(register):
     register("nll", f"{_M}.likelihood:NegLogLikelihood", requires=["likelihood"],
              description="test negative log-likelihood in nats per dim via the family's log_likelihood")
     register("video", f"{_M}.video:VideoMetrics", modalities=["video"], requires=["video_predict"],
-             description="per-frame MSE/PSNR/SSIM of reconstructed and predicted frames, per horizon")
+             description="per-frame MSE/PSNR/SSIM of reconstructed, interpolated and extrapolated frames")
+    register("video_recon", f"{_M}.video:VideoRecon", modalities=["video"], requires=["video_predict"],
+             description="deprecated name of `video`")
 
 
 @hookimpl

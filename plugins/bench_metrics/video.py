@@ -1,32 +1,38 @@
-"""Per-frame MSE, PSNR and SSIM of reconstructed and predicted video frames.
+"""Metric ``video``: per-frame MSE, PSNR and SSIM of reconstructed, interpolated and extrapolated frames.
 
-Interface a video family provides (capability ``"video_predict"``)::
+Interface a video family provides (capability ``"video_predict"``), the one calling convention::
 
-    recon, pred = family.reconstruct_and_predict(context, horizon, rng)
+    recon, pred = family.reconstruct_and_predict(context, context_index, target_index, rng)
 
-``context``: the first ``Tc`` frames ``(B, Tc, C, H, W)`` in [-1, 1] (the family never sees later
-frames); ``horizon``: the number of future frames H to predict; ``rng``: a
-:class:`bench.rng.PerSampleRNG` (for stochastic encoders; may be ignored). Returns ``recon``
-``(B, Tc, C, H, W)``, the reconstruction of the context frames, and ``pred`` ``(B, H, C, H, W)``, the
-frames ``Tc .. Tc+H-1`` (horizon h = 1..H), both in [-1, 1]. Called under ``torch.no_grad()``.
+``context``: the frames at the 0-based, increasing indices ``context_index``, ``(B, n_c, C, H, W)`` in
+[-1, 1] (the family never sees the other frames); ``target_index``: the increasing indices of the frames
+to predict (disjoint from ``context_index``, each after the first context frame; may be empty);
+``rng``: a :class:`bench.rng.PerSampleRNG` (for stochastic encoders; may be ignored). Returns ``recon``
+``(B, n_c, C, H, W)``, the reconstruction of the context frames, and ``pred`` ``(B, n_t, C, H, W)``, the
+frames at ``target_index``, both in [-1, 1]. Called under ``torch.no_grad()``.
 
-Frames are compared as images: mapped to [0, 1] by u = (x + 1) / 2 and clamped (SSIM's luminance
-term is not shift invariant, so it must see non-negative intensities). Per frame (all pixels and
-channels of one frame; data range R = 1):
+Splits. The context is ``context_frames`` frames ``0, s, 2s, ...`` (s = ``context_stride``), the last
+at L = (context_frames - 1) s. Reconstruction: the context frames; interpolation: the other frames
+before L (none when s = 1); extrapolation: the ``horizon`` frames L+1 ... L+horizon (default: to the
+end of the clip). Prediction: interpolation and extrapolation together.
+
+Frames are compared as images: mapped to [0, 1] by u = (x + 1) / 2 and clamped (SSIM's luminance term
+is not shift invariant, so it must see non-negative intensities), data range R = 1, per frame (all
+pixels and channels of one frame):
 
     MSE  = mean (u_a - u_b)^2
-    PSNR = 10 log10(R^2 / MSE)                         (inf for identical frames)
-    SSIM = mean over valid windows and channels of
+    PSNR = 10 log10(R^2 / MSE), capped at 100 dB (MSE floored at 1e-10 R^2, so a perfect frame stays finite)
+    SSIM (torchmetrics) = mean over channels and over the windows that lie inside the frame of
            ((2 mu_a mu_b + C1)(2 s_ab + C2)) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)),
-           C1 = (0.01 R)^2, C2 = (0.03 R)^2, local statistics with a Gaussian window (sigma 1.5,
-           size 11, or the largest odd size that fits a smaller frame), biased (1/N) variances
-           (scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
-           use_sample_covariance=False, data_range=1)``).
+           C1 = (0.01 R)^2, C2 = (0.03 R)^2, local statistics under an 11x11 Gaussian window of
+           sigma 1.5 (Wang et al. 2004; torchmetrics' SSIM map with its reflection-padded border
+           rows and columns dropped; equal to scikit-image's ``structural_similarity(
+           gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``).
 
-Averages over videos are taken per frame; PSNR is averaged with MSE floored at 1e-10 R^2 (100 dB)
-so a perfect frame stays finite. Logged: ``recon_{mse,psnr,ssim}`` and ``pred_{mse,psnr,ssim}`` (means
-over frames), per predicted horizon ``pred_{mse,psnr,ssim}_h{h}`` and per context frame
-``recon_{mse,psnr,ssim}_t{t}``, ``video_num_videos``; a CSV of the per-frame table as an artifact.
+Frames need at least 11 pixels a side. Averages over videos are taken per frame. Logged, for m in
+mse, psnr, ssim: ``recon_m``, ``interp_m``, ``extrap_m`` and ``pred_m`` (means over the split's
+frames; a split without frames is not logged), per frame ``recon_m_t{t}`` and ``pred_m_t{t}`` (t the
+1-based frame number), ``video_num_videos``; a CSV of the per-frame table as an artifact.
 """
 from __future__ import annotations
 
@@ -34,7 +40,6 @@ import math
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from bench.context import MetricSkipped
@@ -42,7 +47,8 @@ from bench.rng import PerSampleRNG
 
 from .common import fixed_subset
 
-PSNR_FLOOR = 1e-10
+PSNR_CAP = 100.0  # dB: PSNR of frames with MSE <= 1e-10 (data range 1)
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -50,105 +56,120 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.to(torch.float64) + 1) / 2).clamp(0, 1)
 
 
+def _frames(a: torch.Tensor) -> torch.Tensor:
+    """``(B, T, C, H, W)`` -> ``(B T, C, H, W)`` float64."""
+    return a.reshape(-1, *a.shape[2:]).to(torch.float64)
+
+
 def mse_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(B, T, C, H, W)`` pairs -> ``(B, T)`` mean squared error."""
     return (a.to(torch.float64) - b.to(torch.float64)).pow(2).flatten(2).mean(2)
 
 
-def psnr_from_mse(mse: torch.Tensor, data_range: float = 1.0, floor: float = 0.0) -> torch.Tensor:
-    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(floor * data_range ** 2))
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of data range 1, capped at ``PSNR_CAP`` (float64 closed form; torchmetrics'
+    ``peak_signal_noise_ratio`` agrees to 6e-8 relative, its 10 / ln 10 being a float32 constant)."""
+    return (10 * torch.log10(1.0 / mse)).clamp_max(PSNR_CAP)
 
 
-def psnr_per_frame(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    return psnr_from_mse(mse_per_frame(a, b), data_range)
+def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B, T, C, H, W)`` pairs in [0, 1] -> ``(B, T)`` PSNR in dB."""
+    return psnr_from_mse(mse_per_frame(a, b))
 
 
-def gaussian_window(size: int, sigma: float = 1.5) -> torch.Tensor:
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-r.pow(2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+def ssim_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B, T, C, H, W)`` pairs in [0, 1] -> ``(B, T)`` SSIM over the windows inside the frame."""
+    h, w = a.shape[-2:]
+    if min(h, w) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
+    from torchmetrics.functional.image import structural_similarity_index_measure  # not at validation
+
+    _, full = structural_similarity_index_measure(_frames(a), _frames(b), gaussian_kernel=True,
+                                                  sigma=SSIM_SIGMA, data_range=1.0, k1=0.01, k2=0.03,
+                                                  reduction="none", return_full_image=True)
+    r = SSIM_WINDOW // 2  # windows centred closer to the border see reflected pixels: dropped
+    return full[..., r:h - r, r:w - r].flatten(1).mean(1).reshape(a.shape[:2])
 
 
-def ssim_per_frame(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win: int = 11,
-                   sigma: float = 1.5) -> torch.Tensor:
-    """``(B, T, C, H, W)`` pairs -> ``(B, T)`` SSIM (see the module docstring)."""
-    bsz, t, c, h, w = a.shape
-    size = min(win, h, w)
-    size -= 1 - size % 2  # odd
-    k = gaussian_window(size, sigma)[None, None].expand(c, 1, size, size)
-    x = a.reshape(bsz * t, c, h, w).to(torch.float64)
-    y = b.reshape(bsz * t, c, h, w).to(torch.float64)
-
-    def filt(z):
-        return F.conv2d(z, k, groups=c)
-
-    mx, my = filt(x), filt(y)
-    sxx = filt(x * x) - mx * mx
-    syy = filt(y * y) - my * my
-    sxy = filt(x * y) - mx * my
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1).reshape(bsz, t)
+def video_splits(frames: int, context_frames: int, context_stride: int,
+                 horizon: int | None) -> dict[str, list[int]]:
+    """0-based frame indices of the ``recon``, ``interp`` and ``extrap`` splits of a clip."""
+    last = (context_frames - 1) * context_stride
+    if last >= frames:
+        raise ValueError(f"context_frames {context_frames} at stride {context_stride} need {last + 1} frames, "
+                         f"the clip has {frames}")
+    horizon = frames - 1 - last if horizon is None else horizon
+    if last + horizon >= frames:
+        raise ValueError(f"the last context frame ({last + 1}) + horizon {horizon} exceeds the clip length {frames}")
+    recon = list(range(0, last + 1, context_stride))
+    return {"recon": recon, "interp": [t for t in range(last) if t not in recon],
+            "extrap": list(range(last + 1, last + 1 + horizon))}
 
 
 class VideoMetrics:
-    """Metric ``video``: ``context_frames`` (Tc), ``horizon`` (default: the rest of the clip),
-    ``num_videos`` (fixed subset of the split), ``batch_size``, ``split``."""
+    """Metric ``video``: ``context_frames`` (n_c), ``context_stride`` (s), ``horizon`` (default: the
+    rest of the clip), ``num_videos`` (fixed subset of the split), ``batch_size``, ``split``."""
 
     def __init__(self, context_frames: Annotated[int, Field(gt=0)] = 10,
+                 context_stride: Annotated[int, Field(gt=0)] = 1,
                  horizon: Annotated[int, Field(ge=0)] | None = None,
                  num_videos: Annotated[int, Field(gt=0)] | None = 64,
                  batch_size: Annotated[int, Field(gt=0)] = 16, split: Literal["train", "test"] = "test"):
-        self.context_frames, self.horizon, self.num_videos = context_frames, horizon, num_videos
-        self.batch_size, self.split = batch_size, split
+        self.context_frames, self.context_stride, self.horizon = context_frames, context_stride, horizon
+        self.num_videos, self.batch_size, self.split = num_videos, batch_size, split
 
     def compute(self, ctx) -> dict[str, float]:
         fam = ctx.family
         if not hasattr(fam, "reconstruct_and_predict"):
-            raise MetricSkipped("the family has no reconstruct_and_predict(context, horizon, rng)")
+            raise MetricSkipped("the family has no reconstruct_and_predict(context, context_index, target_index, rng)")
         videos = ctx.dataset.split(self.split)
         if videos.dim() != 5:
             raise MetricSkipped(f"expected videos (N, T, C, H, W), got {tuple(videos.shape)}")
-        n_all, t_all = videos.shape[:2]
-        tc = self.context_frames
-        horizon = t_all - tc if self.horizon is None else self.horizon
-        if tc + horizon > t_all:
-            raise ValueError(f"context_frames + horizon = {tc + horizon} > clip length {t_all}")
-        idx = fixed_subset(torch.arange(n_all), self.num_videos, "video", self.split)
-        per = {f"{part}_{m}": [] for part in ("recon", "pred") for m in ("mse", "ssim")}
+        splits = video_splits(videos.shape[1], self.context_frames, self.context_stride, self.horizon)
+        ci, ti = splits["recon"], sorted(splits["interp"] + splits["extrap"])
+        idx = fixed_subset(torch.arange(len(videos)), self.num_videos, "video", self.split)
+        per: dict[str, list[torch.Tensor]] = {"mse": [], "psnr": [], "ssim": []}  # (B, T) over all frames
         for lo in range(0, len(idx), self.batch_size):
             rows = idx[lo:lo + self.batch_size].tolist()
             v = videos[rows]
             with torch.no_grad():
-                recon, pred = fam.reconstruct_and_predict(v[:, :tc], horizon,
+                recon, pred = fam.reconstruct_and_predict(v[:, ci], tuple(ci), tuple(ti),
                                                           PerSampleRNG.for_indices(ctx.seed, rows, stream="video"))
-            want_r, want_p = (len(rows), tc, *v.shape[2:]), (len(rows), horizon, *v.shape[2:])
+            want_r, want_p = (len(rows), len(ci), *v.shape[2:]), (len(rows), len(ti), *v.shape[2:])
             if tuple(recon.shape) != want_r or tuple(pred.shape) != want_p:
                 raise ValueError(f"reconstruct_and_predict returned {tuple(recon.shape)} and {tuple(pred.shape)}, "
                                  f"expected {want_r} and {want_p}")
-            for part, got, true in (("recon", recon, v[:, :tc]), ("pred", pred, v[:, tc:tc + horizon])):
-                if got.shape[1] == 0:
-                    continue
-                got, true = to_unit(got), to_unit(true)
-                per[f"{part}_mse"].append(mse_per_frame(got, true))
-                per[f"{part}_ssim"].append(ssim_per_frame(got, true))
+            got, true = to_unit(torch.cat([recon, pred], 1)), to_unit(v[:, ci + ti])
+            mse = mse_per_frame(got, true)
+            per["mse"].append(mse)
+            per["psnr"].append(psnr_from_mse(mse))
+            per["ssim"].append(ssim_per_frame(got, true))
+        frame_of = ci + ti  # column j of the tables is frame frame_of[j]
+        table = {name: torch.cat(vals).mean(0) for name, vals in per.items()}  # per-frame means over videos
         out: dict[str, float] = {"video_num_videos": float(len(idx))}
-        rows_csv = []
-        for part, label in (("recon", "t"), ("pred", "h")):
-            if not per[f"{part}_mse"]:
-                continue
-            mse = torch.cat(per[f"{part}_mse"])      # (N, T)
-            ssim = torch.cat(per[f"{part}_ssim"])
-            psnr = psnr_from_mse(mse, 1.0, PSNR_FLOOR)
-            for name, m in (("mse", mse), ("psnr", psnr), ("ssim", ssim)):
-                out[f"{part}_{name}"] = float(m.mean())
-                for j, val in enumerate(m.mean(0).tolist(), start=1):
-                    out[f"{part}_{name}_{label}{j}"] = val
-            for j in range(mse.shape[1]):
-                rows_csv.append(f"{part},{j + 1},{float(mse[:, j].mean()):.6g},{float(psnr[:, j].mean()):.6g},"
-                                f"{float(ssim[:, j].mean()):.6g}")
-        (ctx.artifact_dir / "video_per_frame.csv").write_text("part,frame,mse,psnr,ssim\n" + "\n".join(rows_csv) + "\n")
+        parts = {**splits, "pred": ti}
+        for part, frames in parts.items():
+            cols = [frame_of.index(t) for t in frames]
+            for name, m in table.items():
+                if cols:
+                    out[f"{part}_{name}"] = float(m[cols].mean())
+                if part in ("recon", "pred"):
+                    out.update({f"{part}_{name}_t{frame_of[j] + 1}": float(m[j]) for j in cols})
+        split_of = {t: part for part in ("recon", "interp", "extrap") for t in splits[part]}
+        last = ci[-1]
+        rows_csv = [f"{split_of[t]},{t + 1},{t - last if t > last else ''},"
+                    + ",".join(f"{float(table[n][j]):.6g}" for n in ("mse", "psnr", "ssim"))
+                    for j, t in sorted(enumerate(frame_of), key=lambda jt: jt[1])]
+        (ctx.artifact_dir / "video_per_frame.csv").write_text("split,frame,horizon,mse,psnr,ssim\n"
+                                                              + "\n".join(rows_csv) + "\n")
         if any(math.isnan(v) for v in out.values()):
             raise ValueError("video metrics produced NaN (non-finite frames from reconstruct_and_predict?)")
         return out
+
+
+class VideoRecon(VideoMetrics):
+    """Deprecated name ``video_recon`` of the ``video`` metric (same parameters and keys)."""
+
+    def compute(self, ctx) -> dict[str, float]:
+        ctx.log("metric `video_recon` is deprecated and will be removed: use `video` (same parameters and keys)")
+        return super().compute(ctx)
