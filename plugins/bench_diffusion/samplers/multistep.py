@@ -70,7 +70,7 @@ class MultistepSampler(DiffusionSampler):
         step more than MAX_RATIO times as long in lambda as the one before (``ratio``) is first order:
         extrapolating the history that far amplifies its errors (and, for SDEs, its noise); on
         bench's ``leading`` and ``linspace`` grids this is the last step into t_min (ratio 2.5-4.7
-        for 10..200 steps), on ``trailing`` grids it never happens (ratio <= 1.6)."""
+        for 10..200 steps), on ``trailing`` grids it never happens (ratio <= 1.61)."""
         k = min(self.order, j + 1)
         if to_data and j == m - 1:
             return 1
