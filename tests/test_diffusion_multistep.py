@@ -247,7 +247,7 @@ def test_sde_noise_matters(moments):
 def test_nfe_is_steps(moments, name, steps):
     smp = build("sampler", {"name": name, "steps": steps}, moments.data)
     nfe, x = _count_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
-    assert nfe == steps and torch.isfinite(x).all()
+    assert nfe == steps and torch.isfinite(x).all() and x.dtype == torch.float32  # no silent float64
     r = smp.describe()["realised"]
     assert len(r["t"]) == steps and r["spacing"] == "leading"
 

@@ -5,7 +5,7 @@ All four integrate the probability-flow ODE (or, for ``dpmpp_3m_sde``, a reverse
 half-log-SNR lambda = log(alpha / sigma). With x_t = alpha x_0 + sigma sqrt(Sigma) eps and the data
 prediction D(x, t) = x0_hat = (x - sigma sqrt(Sigma) eps_hat) / alpha, the PF-ODE of section 3,
 dx/dt = f x - 1/2 g^2 Sigma s with Sigma s = -(x - alpha D) / sigma^2, has only *scalar*
-coefficients, so its variation-of-constants solution (Lu et al. 2022b, eq. (8) and (9))
+coefficients, so its variation-of-constants solution (Lu et al. 2022b, eq. (8))
 
     x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^lambda D(x_lambda, lambda) dlambda
 
@@ -122,7 +122,7 @@ class MultistepSampler(DiffusionSampler):
 
 
 class DPMSolverPP2M(MultistepSampler):
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2; data prediction, eq. (9)): with
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2; data prediction, eq. (8)): with
     h = lambda_{j+1} - lambda_j and r = (lambda_j - lambda_{j-1}) / h,
 
         D' = (1 + 1/(2r)) D_j - 1/(2r) D_{j-1},
@@ -152,8 +152,8 @@ def phi_integrals(h: float, c: float, n: int) -> list[float]:
 
 
 class DPMSolverPP3MSDE(MultistepSampler):
-    """DPM-Solver++(3M) SDE: the exponential integrator of the reverse SDE family of Lu et al. 2022b
-    section 4 (eq. (9) with the SDE's extra e^{-h}, "SDE-DPM-Solver++"), with ``eta`` in [0, 1]
+    """DPM-Solver++(3M) SDE: the exponential integrator of the SDE variant of DPM-Solver++ (Lu et al.
+    2022b, "SDE-DPM-Solver++": eq. (8) with the reverse SDE's extra e^{-h}), with ``eta`` in [0, 1]
     interpolating the PF-ODE (0) and the reverse SDE (1). Exactly, for c = 1 + eta,
 
         x_t = (sigma_t / sigma_s) e^{-eta h} x_s + alpha_t int_0^h c e^{-c (h - u)} D(lambda_s + u) du
@@ -200,8 +200,8 @@ class DPMSolverPP3MSDE(MultistepSampler):
 
 
 def unipc_system(h: float, rks: list[float], p: int, variant: str) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """UniPC's linear system in data-prediction form (Zhao et al. 2023, Algorithm 2 with eq. (6)-(8)
-    for the predictor, Algorithm 1 for the corrector): with hh = -h, h phi_1 = e^{hh} - 1 and
+    """UniPC's linear system in data-prediction form (Zhao et al. 2023, section 3: UniC and UniP):
+    with hh = -h, h phi_1 = e^{hh} - 1 and
     h phi_{k+1} = h phi_k / hh - 1 / k!, ``R[i] = rks^i`` and ``b[i] = h phi_{i+2} (i + 1)! / B(h)``,
     B(h) = hh (``bh1``) or e^{hh} - 1 (``bh2``). Returns (h phi_1, B(h), R, b)."""
     hh = -h
@@ -218,13 +218,13 @@ def unipc_system(h: float, rks: list[float], p: int, variant: str) -> tuple[floa
 
 
 class UniPC(MultistepSampler):
-    """UniPC (Zhao et al. 2023) in data-prediction form, ``variant`` bh2 (B(h) = e^{-h} - 1, their
-    eq. (21)) or bh1 (B(h) = -h), ``order`` p in 1..3. From level j (prediction D_j) to j + 1, with
+    """UniPC (Zhao et al. 2023) in data-prediction form, ``variant`` bh2 (B(h) = e^{-h} - 1) or bh1
+    (B(h) = -h), ``order`` p in 1..3. From level j (prediction D_j) to j + 1, with
     h = lambda_{j+1} - lambda_j, r_k = (lambda_{j-k} - lambda_j) / h and D1_k = (D_{j-k} - D_j) / r_k:
 
-        UniP-p (eq. (6)):  x_{j+1} = (sigma_{j+1}/sigma_j) x_j - alpha_{j+1} h phi_1 D_j
+        UniP-p:  x_{j+1} = (sigma_{j+1}/sigma_j) x_j - alpha_{j+1} h phi_1 D_j
                                      - alpha_{j+1} B(h) sum_{k<p} rho^p_k D1_k,
-        UniC-p (eq. (8)):  x^c_{j+1} = same with sum_{k<p} rho^c_k D1_k + rho^c_p (D_{j+1} - D_j),
+        UniC-p:  x^c_{j+1} = same with sum_{k<p} rho^c_k D1_k + rho^c_p (D_{j+1} - D_j),
 
     rho^p solves R[:-1, :-1] rho = b[:-1] (rho^p = 1/2 when p = 2), rho^c solves R rho = b
     (1/2 when p = 1) (:func:`unipc_system`). The corrector re-uses D_{j+1}, the network call at the
@@ -267,22 +267,18 @@ class UniPC(MultistepSampler):
         h_phi_1, b_h, r, b = unipc_system(h, rks, p, self.variant)
         x_new = (lv.sigma[j + 1] / lv.sigma[j]) * x - (lv.alpha[j + 1] * h_phi_1) * hist[0]
         rhos = rhos_from(r, b, p)
-        res = 0.0
-        for k in range(1, p):
-            res = res + rhos[k - 1] * ((hist[k] - hist[0]) / rks[k - 1])
+        terms = [rhos[k - 1] * ((hist[k] - hist[0]) / rks[k - 1]) for k in range(1, p)]
         if d_next is not None:
-            res = res + rhos[-1] * (d_next - hist[0])
-        if isinstance(res, float):
-            return x_new
-        return x_new - (lv.alpha[j + 1] * b_h) * res
+            terms.append(rhos[-1] * (d_next - hist[0]))
+        return x_new - (lv.alpha[j + 1] * b_h) * sum(terms) if terms else x_new
 
     @staticmethod
     def _rhos_p(r, b, p):
-        return [0.5] if p == 2 else (list(np.linalg.solve(r[:-1, :-1], b[:-1])) if p > 2 else [])
+        return [0.5] if p == 2 else ([float(v) for v in np.linalg.solve(r[:-1, :-1], b[:-1])] if p > 2 else [])
 
     @staticmethod
     def _rhos_c(r, b, p):
-        return [0.5] if p == 1 else list(np.linalg.solve(r, b))
+        return [0.5] if p == 1 else [float(v) for v in np.linalg.solve(r, b)]
 
     def solve(self, family: Any, x: torch.Tensor, times: list[float], rng: Any = None,
               final: Final = "data") -> torch.Tensor:
@@ -328,7 +324,7 @@ def lagrange_rho_integrals(lams: list[float], lam_t: float) -> list[float]:
 class DEIS(MultistepSampler):
     """DEIS (Zhang & Chen 2022), the multistep "tAB-DEIS" with Lagrange extrapolation in log rho (the
     basis of diffusers' ``logrho``): in y = x / alpha and rho = sigma / alpha = e^{-lambda} the PF-ODE is
-    dy / drho = sqrt(Sigma) eps_hat (their eq. (11) with the exponential integrator). The model value
+    dy / drho = sqrt(Sigma) eps_hat (their exponential-integrator form, section 3). The model value
     E_j = sqrt(Sigma) eps_hat = (x_j - alpha_j D_j) / sigma_j is interpolated by the Lagrange polynomial in
     log rho through the last k levels and integrated exactly (:func:`lagrange_rho_integrals`):
 
@@ -343,19 +339,16 @@ class DEIS(MultistepSampler):
                  lower_order_final: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, clip_x0, context)
         self.order, self.lower_order_final = int(order), lower_order_final
-        self._last_d: torch.Tensor | None = None
 
     def params(self):
         return {**super().params(), "order": self.order, "lower_order_final": self.lower_order_final}
 
     def model_value(self, family, x, lv, j):
-        d = self.data_pred(family, x, lv.t[j])
-        self._last_d = d
-        return (x - lv.alpha[j] * d) / lv.sigma[j]
+        return (x - lv.alpha[j] * self.data_pred(family, x, lv.t[j])) / lv.sigma[j]
 
     def to_data(self, family, x, lv, j, hist):
-        d, self._last_d = self._last_d, None
-        return d
+        """x_0 = D = (x - sigma E) / alpha (the first-order step to sigma = 0)."""
+        return (x - lv.sigma[j] * hist[0]) / lv.alpha[j]
 
     def step(self, family, x, lv, j, hist, k, rng):
         cs = lagrange_rho_integrals([lv.lam[j - i] for i in range(k)], lv.lam[j + 1])
