@@ -14,7 +14,7 @@ import torch
 
 from bench.rng import BatchRNG, PerSampleRNG
 from bench_diffusion.noise import dense_matrix
-from bench_diffusion.samplers.multistep import DEIS, DPMSolverPP2M, DPMSolverPP3MSDE, UniPC, phi_integrals
+from bench_diffusion.samplers.multistep import DEIS, DPMSolverPP2M, DPMSolverPP3MSDE, Levels, UniPC, phi_integrals
 from bench_diffusion.testing import build, dataset
 
 
@@ -275,7 +275,6 @@ def test_leading_grid_last_step_is_first_order():
     data = dataset("gaussian", dim=2, n_train=10, n_test=10)
     fam = build("family", {"name": "oracle_vp"}, data)
     times = fam.process.sampling_times(100, "leading")
-    from bench_diffusion.samplers.multistep import Levels
     lv = Levels(fam.process, times)
     orders = [DPMSolverPP3MSDE().step_order(j, 100, True, lv.ratio(j)) for j in range(99)]
     assert orders[:3] == [1, 2, 3] and orders[-1] == 1 and set(orders[2:-1]) == {3}

@@ -128,7 +128,8 @@ class DPMSolverPP2M(MultistepSampler):
         D' = (1 + 1/(2r)) D_j - 1/(2r) D_{j-1},
         x_{j+1} = (sigma_{j+1} / sigma_j) x_j - alpha_{j+1} (e^{-h} - 1) D',
 
-    first order (D' = D_j, DDIM) on the first step; the step to the data returns D. NFE = steps."""
+    first order (D' = D_j, DDIM) on the first step and where :meth:`MultistepSampler.step_order`'s
+    ``lower_order_final`` rules say so (always on here); the step to the data returns D. NFE = steps."""
 
     name = "dpmpp_2m"
     order = 2
