@@ -70,6 +70,14 @@ def bench_register_samplers(register):
              description="predictor-corrector: Langevin corrector (snr) + Euler-Maruyama predictor")
     register("pf_ode", f"{s}.sde:PFODE", requires=["score"],
              description="probability-flow ODE via torchdiffeq (euler, midpoint, rk4, dopri5, bosh3, ...)")
+    register("dpmpp_2m", f"{s}.multistep:DPMSolverPP2M", requires=["vp"],
+             description="DPM-Solver++(2M), data prediction in log-SNR, NFE = steps")
+    register("dpmpp_3m_sde", f"{s}.multistep:DPMSolverPP3MSDE", requires=["vp"],
+             description="DPM-Solver++(3M) SDE (eta: 0 = ODE, 1 = reverse SDE), NFE = steps")
+    register("unipc", f"{s}.multistep:UniPC", requires=["vp"],
+             description="UniPC predictor-corrector (bh2 / bh1, order 1-3), NFE = steps")
+    register("deis", f"{s}.multistep:DEIS", requires=["vp"],
+             description="DEIS tAB multistep in log rho (order 1-3), NFE = steps")
 
 
 @hookimpl
