@@ -52,6 +52,8 @@ def bench_register_families(register):
              components=_COMPONENTS, trainable=False, description="the oracle as a VP (ddpm-like) process")
     register("oracle_ve", f"{_P}.oracle:oracle", defaults={"process": "ve"}, provides=oracle_caps + ["ve"],
              components=_COMPONENTS, trainable=False, description="the oracle as a VE (smld-like) process")
+    register("diffusers", f"{_P}.pretrained:diffusers_family", provides=_FAMILY_CAPS + ["vp", "discrete"],
+             trainable=False, description="a pretrained diffusers UNet2DModel (local save_pretrained directory), frozen")
 
 
 @hookimpl
@@ -70,6 +72,8 @@ def bench_register_samplers(register):
              description="predictor-corrector: Langevin corrector (snr) + Euler-Maruyama predictor")
     register("pf_ode", f"{s}.sde:PFODE", requires=["score"],
              description="probability-flow ODE via torchdiffeq (euler, midpoint, rk4, dopri5, bosh3, ...)")
+    register("diffusers", f"{s}.diffusers_bridge:DiffusersScheduler", requires=["vp"],
+             description="any diffusers scheduler (DPMSolverMultistep, UniPC, Euler, Heun, DEIS, ...) on a VP family")
 
 
 @hookimpl
