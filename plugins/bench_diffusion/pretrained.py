@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import DirectoryPath, Field, FilePath
 from torch import nn
 
 from bench.errors import UserError
@@ -181,12 +182,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def diffusers_family(path: str, scheduler: str | None = None, class_label: int | None = None,
-                     context=None) -> PretrainedFamily:
+def diffusers_family(path: DirectoryPath, scheduler: FilePath | DirectoryPath | None = None,
+                     class_label: Annotated[int, Field(ge=0)] | None = None, context=None) -> PretrainedFamily:
     """A pretrained diffusers ``UNet2DModel`` (local ``path``: a save_pretrained directory with
     ``unet/`` and ``scheduler/``, or a model directory plus ``scheduler``, a scheduler config path)
-    as a frozen VP family; ``class_label`` picks the class of a class-conditional model."""
-    model_dir, sched_path = locate(path, scheduler)
+    as a frozen VP family; ``class_label`` picks the class of a class-conditional model. A missing
+    ``path`` fails suite validation (file:line); a directory without what it needs fails the case
+    with one line naming it."""
+    model_dir, sched_path = locate(str(path), None if scheduler is None else str(scheduler))
     cfg = read_scheduler_config(sched_path)
     pred = cfg.get("prediction_type", "epsilon")
     if pred not in PREDICTIONS:
