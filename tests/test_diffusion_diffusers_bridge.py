@@ -138,3 +138,20 @@ def test_bad_names_and_options_are_clear():
     with pytest.raises(ValueError, match="did you mean 'solver_order'"):
         draw(DiffusersScheduler("DPMSolverMultistepScheduler", 10, {"solver_ordr": 2}), oracle(), 2)
     assert len(SCHEDULERS) == len(set(SCHEDULERS)) and all(hasattr(diffusers, n) for n in SCHEDULERS)
+
+
+def test_bad_scheduler_name_and_missing_model_fail_validation_with_file_and_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: x\ndefaults:\n  train: {steps: 0}\nmatrix:\n  dataset: [{name: gaussian_image, size: 8}]\n"
+                    "  family: [{name: diffusers, path: %s}]\n"
+                    "  sampler: [{name: diffusers, scheduler: UniPCMultistep}]\nmetrics: [swd]\n" % (tmp_path / "none"))
+    out = CliRunner().invoke(app, ["validate", str(path)])
+    assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1, out.output
+    assert f"{path}:6:" in out.output and "not point to a directory" in out.output
+    path.write_text(path.read_text().replace(str(tmp_path / "none"), str(tmp_path)))
+    out = CliRunner().invoke(app, ["validate", str(path)])
+    assert out.exit_code == 2 and f"{path}:7:" in out.output and "did you mean 'UniPCMultistepScheduler'" in out.output

@@ -112,6 +112,7 @@ class DiffusersScheduler(DiffusionSampler):
         if fixed:
             raise ValueError(f"diffusers sampler: options {fixed} come from the family's schedule and cannot be set")
         self._cache: tuple[int, Any] | None = None
+        self._cls = self.scheduler_class()  # imports diffusers now: not inside the timed sampling
 
     def params(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler_name, "steps": self.steps, "options": self.options}
@@ -124,7 +125,7 @@ class DiffusersScheduler(DiffusionSampler):
     def make_scheduler(self, family: Any) -> tuple[int, Any, dict[str, Any]]:
         """(T, a fresh scheduler whose config is the family's schedule, step options). A fresh one per
         batch: multistep schedulers keep state between steps."""
-        cls = self.scheduler_class()
+        cls = self._cls
         key = id(family.process)
         if self._cache is None or self._cache[0] != key:
             init_args = set(inspect.signature(cls.__init__).parameters) - {"self"}
