@@ -155,3 +155,55 @@ def test_bad_scheduler_name_and_missing_model_fail_validation_with_file_and_line
     path.write_text(path.read_text().replace(str(tmp_path / "none"), str(tmp_path)))
     out = CliRunner().invoke(app, ["validate", str(path)])
     assert out.exit_code == 2 and f"{path}:7:" in out.output and "did you mean 'UniPCMultistepScheduler'" in out.output
+
+
+def test_missing_diffusers_is_one_clear_line(monkeypatch):
+    import sys
+
+    from bench.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    with pytest.raises(UserError, match=r"needs the optional dependency diffusers \(pip install 'bench\[diffusers\]'\)"):
+        DiffusersScheduler("DDIMScheduler", 10)
+
+
+@pytest.mark.slow
+def test_pretrained_family_and_bridge_run_end_to_end(workdir):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from test_diffusion_pretrained import save_pipeline
+
+    save_pipeline(workdir / "model", "v_prediction")
+    (workdir / "suite.yaml").write_text(
+        "name: pretrained\ndefaults:\n  train: {steps: 0}\n  eval: {num_samples: 16, batch_size: 8, grid: 0}\n"
+        "matrix:\n  dataset: [{name: gaussian_image, size: 8, channels: 2}]\n"
+        f"  family: [{{name: diffusers, path: {workdir / 'model'}}}]\n"
+        "  sampler: [{name: ddim, steps: 5}, {name: diffusers, scheduler: HeunDiscreteScheduler, steps: 4}]\n"
+        "metrics: [swd]\n")
+    out = CliRunner().invoke(app, ["run", "suite.yaml", "-q", "--threads", "1"])
+    records = [json.loads(p.read_text()) for p in Path("results").rglob("record.json")]
+    assert out.exit_code == 0 and len(records) == 2 and all(r["status"] == "ok" for r in records), out.output[-2000:]
+    nfe = sorted(r["metrics"]["nfe"] for r in records)
+    assert nfe == [5.0, 7.0]  # ddim: steps; Heun: 2 steps - 1
+    assert all("num_params" not in r["metrics"] for r in records)  # not trained
+
+
+@pytest.mark.slow
+def test_shipped_suite_end_to_end(workdir):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    suite = Path(__file__).resolve().parents[1] / "suites" / "samplers-oracle-diffusers.yaml"
+    out = CliRunner().invoke(app, ["run", str(suite), "-q", "--threads", "1", "--set", "eval.num_samples=64",
+                                   "--set", "eval.batch_size=64"])
+    records = [json.loads(p.read_text()) for p in Path("results").rglob("record.json")]
+    failed = {r["case_id"]: r.get("error") for r in records if r["status"] != "ok"}
+    assert out.exit_code == 0 and len(records) == 75 and not failed, (out.output[-2000:], failed)

@@ -12,6 +12,7 @@ from bench.errors import UserError  # noqa: E402
 from bench.protocols import DataInfo  # noqa: E402
 from bench_diffusion.pretrained import diffusers_family  # noqa: E402
 from bench_diffusion.samplers.discrete import DDIM, Ancestral  # noqa: E402
+from bench_diffusion.samplers.sde import PFODE  # noqa: E402
 from bench_diffusion.testing import context  # noqa: E402
 
 SHAPE = (2, 8, 8)
@@ -133,7 +134,10 @@ def test_model_dir_plus_scheduler_config(tmp_path):
                            context=ctx())
     with torch.no_grad():
         x = Ancestral(steps=4).sample(fam, FixedRNG(0, 2))
-    assert x.shape == (2, *SHAPE) and torch.isfinite(x).all()
+        # continuous-time samplers ask for times between the levels: fractional diffusers timesteps
+        y = PFODE(method="euler", steps=3).sample(fam, FixedRNG(0, 2))
+    assert x.shape == y.shape == (2, *SHAPE) and torch.isfinite(x).all() and torch.isfinite(y).all()
+    assert fam.time_input(0.5005, 1).tolist() == [499.5]
 
 
 def test_loading_errors_name_the_path_and_what_is_missing(tmp_path):

@@ -36,8 +36,10 @@ from bench.errors import did_you_mean
 
 from .base import DiffusionSampler
 
-#: diffusers schedulers that take (trained_betas, num_train_timesteps, prediction_type) and step an
-#: eps-prediction model. Names are checked against this tuple before diffusers is imported.
+#: diffusers schedulers that take (trained_betas, num_train_timesteps, prediction_type) and step a
+#: noise-prediction model (not: DPMSolverSDEScheduler, which needs torchsde; LCM/TCD, which are for
+#: distilled consistency models; EDM/flow-matching schedulers, which have no betas). Names are checked
+#: against this tuple before diffusers is imported, and only these are ever looked up in diffusers.
 SCHEDULERS = (
     "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
@@ -49,9 +51,9 @@ FROM_FAMILY = ("num_train_timesteps", "trained_betas", "beta_schedule", "beta_st
                "prediction_type", "rescale_betas_zero_snr")
 #: step() arguments the bridge passes itself
 STEP_OWN = {"self", "model_output", "timestep", "sample", "generator", "variance_noise", "return_dict"}
-BRIDGE_T = 1000
+BRIDGE_T = 1000  # levels given to the scheduler for a continuous-time family
 #: bench's network parameterisation -> diffusers' prediction_type
-PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # levels given to the scheduler for a continuous-time family
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 
 def check_scheduler(name: str) -> str:
@@ -152,6 +154,8 @@ class DiffusersScheduler(DiffusionSampler):
         T, sched, step_kw = self.make_scheduler(family)
         noise = family.noise
         times = [(float(k) + 1.0) / T for k in sched.timesteps]
+        if self.realised is None:  # the record's spacing is the scheduler's own
+            self.spacing = getattr(sched.config, "timestep_spacing", None)
         self.record(family, times, scheduler=self.scheduler_name, timesteps=[float(k) for k in sched.timesteps])
         step_args = set(inspect.signature(sched.step).parameters)
         w = rng.randn(*family.shape) * float(sched.init_noise_sigma)
