@@ -52,6 +52,8 @@ def bench_register_families(register):
              components=_COMPONENTS, trainable=False, description="the oracle as a VP (ddpm-like) process")
     register("oracle_ve", f"{_P}.oracle:oracle", defaults={"process": "ve"}, provides=oracle_caps + ["ve"],
              components=_COMPONENTS, trainable=False, description="the oracle as a VE (smld-like) process")
+    register("diffusers", f"{_P}.pretrained:diffusers_family", provides=_FAMILY_CAPS + ["vp", "discrete"],
+             trainable=False, description="a pretrained diffusers UNet2DModel (local save_pretrained directory), frozen")
 
 
 @hookimpl
@@ -78,6 +80,8 @@ def bench_register_samplers(register):
              description="UniPC predictor-corrector (bh2 / bh1, order 1-3), NFE = steps")
     register("deis", f"{s}.multistep:DEIS", requires=["vp"],
              description="DEIS tAB multistep in log rho (order 1-3), NFE = steps")
+    register("diffusers", f"{s}.diffusers_bridge:DiffusersScheduler", requires=["vp"],
+             description="any diffusers scheduler (DPMSolverMultistep, UniPC, Euler, Heun, DEIS, ...) on a VP family")
 
 
 @hookimpl
