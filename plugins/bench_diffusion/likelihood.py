@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 import torch
 
-from bench.likelihood import levels_from_model
+from bench.likelihood import levels_from_model, model_from_levels, quantize
+from bench.ode import divergence, is_fixed_grid, solve_ode
 from bench.protocols import LikelihoodResult
 
 
@@ -107,39 +108,23 @@ def vlb(family: Any, x0: torch.Tensor, rng: Any, variance: Literal["beta_tilde",
                                    "vlb_decoder": float(decoder.mean())})
 
 
-def _exact_divergence(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum_d dv_d/dy_d per sample: D vector-Jacobian products with the basis vectors, batched
-    through vmap (``is_grads_batched``), or one by one if the function does not vmap."""
-    b, d = y.shape[0], y[0].numel()
-    basis = torch.eye(d, dtype=v.dtype, device=v.device).reshape(d, 1, *v.shape[1:]).expand(d, *v.shape)
-    try:
-        (jac,) = torch.autograd.grad(v, y, basis, retain_graph=True, is_grads_batched=True)  # (D, B, ...)
-        return torch.diagonal(jac.reshape(d, b, d), dim1=0, dim2=2).sum(-1)
-    except RuntimeError:
-        vf = v.flatten(1)
-        div = torch.zeros(b, dtype=y.dtype, device=y.device)
-        for i in range(d):
-            (g,) = torch.autograd.grad(vf[:, i].sum(), y, retain_graph=i + 1 < d)
-            div = div + g.flatten(1)[:, i]
-        return div
-
-
 def ode_nll(family: Any, x: torch.Tensor, rng: Any, estimator: Literal["hutchinson", "exact"] = "hutchinson",
             probe: Literal["rademacher", "gaussian"] = "rademacher", solver: str = "dopri5",
             atol: float = 1e-5, rtol: float = 1e-5, steps: int | None = None,
             t_min: float | None = None) -> LikelihoodResult:
     """NLL of x through the probability-flow ODE (see the module docstring). ``solver`` is any
-    torchdiffeq method; fixed-grid methods take ``steps``."""
-    from torchdiffeq import odeint
-
+    solver of :mod:`bench.ode`: fixed-grid ones take ``steps`` uniform steps, adaptive ones use
+    ``atol``/``rtol`` and take no ``steps``."""
     proc = family.process
+    fixed = is_fixed_grid(solver)
+    if fixed != (steps is not None):
+        raise ValueError(f"the {'fixed-grid' if fixed else 'adaptive'} ODE solver {solver!r} "
+                         f"{'needs' if fixed else 'takes no'} steps")
     if estimator not in ("hutchinson", "exact"):
         raise ValueError(f"estimator must be hutchinson or exact, got {estimator!r}")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be rademacher or gaussian, got {probe!r}")
-    t0 = proc.t_min if t_min is None else float(t_min)
-    if proc.kind == "vp" and t0 <= 0:
-        raise ValueError("t_min must be > 0 for a VP process")
+    t0 = proc.t_min if t_min is None else proc.check_t_min(float(t_min))
     shape = tuple(x.shape[1:])
     z = None
     if estimator == "hutchinson":
@@ -152,20 +137,15 @@ def ode_nll(family: Any, x: torch.Tensor, rng: Any, estimator: Literal["hutchins
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             v = family.pf_drift(y, float(t))
-            if z is not None:
-                (vjp,) = torch.autograd.grad(v, y, z)
-                div = (vjp * z).flatten(1).sum(1)
-            else:
-                div = _exact_divergence(v, y)
+            div, _ = divergence(v, y, z)
         return v.detach(), div.detach()
 
     grid = torch.tensor([t0, proc.t_max], dtype=torch.float64)
     if steps is not None:
         grid = torch.linspace(t0, proc.t_max, int(steps) + 1, dtype=torch.float64)
-    kw = {"atol": atol, "rtol": rtol, "options": {"step_t": grid[1:]}} if steps is None else {}
     with torch.no_grad():
-        xs, dl = odeint(func, (x.detach(), torch.zeros(len(x), dtype=x.dtype, device=x.device)), grid,
-                        method=solver, **kw)
+        xs, dl = solve_ode(func, (x.detach(), torch.zeros(len(x), dtype=x.dtype, device=x.device)), grid,
+                           solver, atol=atol, rtol=rtol, land_on_times=not fixed)
         x1, delta = xs[-1], dl[-1]
         prior = proc.prior_log_prob(x1)
     nll = -(prior + delta)
