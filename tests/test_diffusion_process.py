@@ -11,7 +11,7 @@ from torch import nn
 from bench.protocols import DataInfo
 from bench.rng import BatchRNG, PerSampleRNG
 from bench_diffusion.noise import GFF, Dense, Isotropic, dense_matrix
-from bench_diffusion.processes import Process
+from bench_diffusion.processes import VPProcess, make_process
 from bench_diffusion.samplers.discrete import Ancestral
 from bench_diffusion.samplers.langevin import CAS, langevin_step
 from bench_diffusion.schedules import Geometric, Linear
@@ -44,7 +44,7 @@ def test_closed_form_marginal_equals_iterated_transitions(kind, noise):
           "dense": lambda: Dense(shape, np.array([[1, .5, .2], [.5, 1, .3], [.2, .3, 1.]]))}[noise]()
     sched = Linear() if kind == "vp" else Geometric(0.05, 3.0)
     T = 1000 if kind == "vp" else 100
-    p = Process(kind, sched, nz, shape, T=T)
+    p = make_process(kind, sched, nz, shape, T=T)
     n, steps = 12000, (150 if kind == "vp" else 60)
     rng = BatchRNG(0, n)
     x0 = torch.full((n, *shape), 0.7, dtype=torch.float64)
@@ -86,7 +86,7 @@ def _numeric_posterior_1d(xt, x0, a_s, v_s, a_ts, v_ts):
                                               ("ve", 80, 20)])
 def test_posterior_equals_numerical_bayes(kind, t_idx, s_idx):
     sched = Linear() if kind == "vp" else Geometric(0.01, 10.0)
-    p = Process(kind, sched, Isotropic((1,)), (1,), T=1000 if kind == "vp" else 100)
+    p = make_process(kind, sched, Isotropic((1,)), (1,), T=1000 if kind == "vp" else 100)
     t, s = p.grid[t_idx], p.grid[s_idx]
     if kind == "vp":  # independent of the process code: transitions from the beta table
         ab = sched.alpha_bars(1000)
@@ -107,7 +107,7 @@ def test_posterior_equals_numerical_bayes(kind, t_idx, s_idx):
 def test_ni_posterior_matches_bishop_2_116():
     """Covariance beta-tilde Sigma and mean (6.2.17) from generic Gaussian conditioning with dense Sigma."""
     cov = np.array([[1.0, 0.6, 0.1], [0.6, 1.2, -0.3], [0.1, -0.3, 0.8]])
-    p = Process("vp", Linear(), Dense((3,), cov), (3,), T=1000)
+    p = VPProcess(Linear(), Dense((3,), cov), (3,), T=1000)
     ab = Linear().alpha_bars(1000)
     i, j = 400, 250
     lam = np.linalg.inv((1 - ab[j]) * cov)             # prior precision of x_s | x_0

@@ -33,7 +33,7 @@ from torch import nn
 
 from bench.protocols import LikelihoodResult
 
-from .processes import Process, _bcast, _t64, harmonic_mean
+from .processes import Process, _bcast, _t64, harmonic_mean, make_process
 
 Prediction = Literal["eps", "x0", "v"]
 Weighting = Literal["auto", "eps", "b", "c", "x0", "v"]
@@ -226,7 +226,7 @@ def build_process(kind: str, noise: Spec, schedule: Spec, T: int | None, context
         if getattr(context, "dataset", None) is None:
             raise ValueError("sigma_max='auto' needs the training data (context.dataset); give sigma_max explicitly")
         sched.fit(context.dataset.split("train"), noise_obj)
-    return Process(kind, sched, noise_obj, shape, T=T, t_min=t_min)
+    return make_process(kind, sched, noise_obj, shape, T=T, t_min=t_min)
 
 
 def build_network(network: Spec, context: Any) -> tuple[nn.Module, dict]:
