@@ -181,3 +181,9 @@ def test_likelihood_methods_and_errors():
     cont = build("family", {"name": "oracle", "T": None}, data)
     with pytest.raises(ValueError, match="discrete process"):
         cont.log_likelihood(data.split("test")[:4], rng, method="vlb", levels=16)
+    with pytest.raises(ValueError, match="fixed-grid ODE solver 'rk4' needs steps"):
+        fam.log_likelihood(data.split("test")[:4], rng, method="ode", solver="rk4")
+    with pytest.raises(ValueError, match="adaptive ODE solver 'dopri5' takes no steps"):
+        fam.log_likelihood(data.split("test")[:4], rng, method="ode", steps=10)
+    with pytest.raises(ValueError, match="VP process needs t_min > 0"):
+        fam.log_likelihood(data.split("test")[:4], rng, method="ode", t_min=0.0)

@@ -89,8 +89,9 @@ class PosteriorCoeffs:
 class Process(abc.ABC):
     """A Gaussian forward process x_t = alpha(t) x_0 + sigma(t) sqrt(Sigma) eps with noise model
     ``noise`` on samples of shape ``shape``: the shared machinery (posteriors, time grids, prior,
-    provenance) over four abstract pieces a subclass supplies: ``_alpha_sigma`` (the marginal),
-    ``f``/``g2`` (the SDE), ``_transition`` (the x_t | x_s moments) and ``prior_scale``.
+    provenance) over the pieces a subclass supplies: ``_build_grid`` and ``default_t_min`` (its
+    time domain), ``_alpha_sigma`` (the marginal), ``f``/``g2`` (the SDE) and ``prior_scale``;
+    ``_transition`` (the x_t | x_s moments) follows from the marginal unless overridden.
 
     ``T`` is the number of discrete training levels (None: continuous time, t ~ U[t_min, 1] in
     training). Build one by kind with :func:`make_process`; a new process is one subclass,
@@ -138,10 +139,19 @@ class Process(abc.ABC):
     def g2(self, t: Any) -> float:
         """g(t)^2 = d sigma^2/dt - 2 f sigma^2 of dx = f x dt + g sqrt(Sigma) dw."""
 
-    @abc.abstractmethod
     def _transition(self, t: torch.Tensor, s: Any | None) -> tuple[torch.Tensor, ...]:
         """(sig2_t, sig2_s, var_ts, a_ts, alpha_s) for s < t (``s=None``: the data, alpha = 1,
-        sigma = 0): x_t | x_s ~ N(a_ts x_s, var_ts Sigma) with a_ts = alpha_t / alpha_s."""
+        sigma = 0): x_t | x_s ~ N(a_ts x_s, var_ts Sigma) with a_ts = alpha_t / alpha_s and
+        var_ts = sigma_t^2 - a_ts^2 sigma_s^2, from the marginal. Subclasses may override it with
+        a form that is exact in floating point where the generic one cancels."""
+        alpha_t, sigma_t = self._alpha_sigma(t)
+        if s is None:
+            alpha_s, sigma_s = torch.ones_like(t), torch.zeros_like(t)
+        else:
+            alpha_s, sigma_s = self._alpha_sigma(_t64(s))
+        a_ts = alpha_t / alpha_s
+        sig2_t, sig2_s = sigma_t * sigma_t, sigma_s * sigma_s
+        return sig2_t, sig2_s, sig2_t - a_ts * a_ts * sig2_s, a_ts, alpha_s
 
     @abc.abstractmethod
     def prior_scale(self, t: Any) -> float:
@@ -319,6 +329,7 @@ class VPProcess(Process):
         return -float(self.dlog_alpha_bar(t))
 
     def _transition(self, t: torch.Tensor, s: Any | None) -> tuple[torch.Tensor, ...]:
+        """In log alpha_bar, with expm1: exact for the tiny var_ts of neighbouring levels."""
         lab_t = self.log_alpha_bar(t)
         lab_s = torch.zeros_like(t) if s is None else self.log_alpha_bar(s)
         var_ts = -torch.expm1(lab_t - lab_s)
@@ -358,6 +369,7 @@ class VEProcess(Process):
         return float(2 * torch.exp(2 * self.schedule.log_sigma(t)) * self.schedule.dlog_sigma(t))
 
     def _transition(self, t: torch.Tensor, s: Any | None) -> tuple[torch.Tensor, ...]:
+        """alpha = 1: var_ts = sigma_t^2 - sigma_s^2."""
         sig2_t = torch.exp(2 * self.schedule.log_sigma(t))
         sig2_s = torch.zeros_like(t) if s is None else torch.exp(2 * self.schedule.log_sigma(_t64(s)))
         return sig2_t, sig2_s, sig2_t - sig2_s, torch.ones_like(t), torch.ones_like(t)
