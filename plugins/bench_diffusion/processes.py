@@ -194,6 +194,12 @@ class Process(abc.ABC):
         a, s = self.alpha_sigma(t)
         return float(a * a / (s * s))
 
+    def input_scale(self, t: Any) -> torch.Tensor | None:
+        """The factor c_in(t) = 1 / sqrt(alpha^2 + sigma^2) applied to x_t before a noise-conditional
+        network (x_t then has the scale of the data for unit-variance data); None for no scaling."""
+        a, s = self.alpha_sigma(t)
+        return torch.rsqrt(a * a + s * s)
+
     # ------------------------------------------------------------------ transitions
     def posterior(self, t: Any, s: Any | None) -> PosteriorCoeffs:
         """Coefficients of q(x_s | x_t, x_0), s < t; ``s=None`` is the data (alpha = 1, sigma = 0).
@@ -340,6 +346,10 @@ class VPProcess(Process):
     def prior_scale(self, t: Any) -> float:
         """1: the prior is N(0, Sigma), since alpha^2 + sigma^2 = 1."""
         return 1.0
+
+    def input_scale(self, t: Any) -> None:
+        """None: alpha^2 + sigma^2 = 1, so the network sees x_t as it is."""
+        return None
 
 
 class VEProcess(Process):
