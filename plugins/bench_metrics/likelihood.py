@@ -128,7 +128,8 @@ class BitsPerDim:
         if not cfg.get("family"):
             return None
         model = {k: cfg.get(k) for k in ("dataset", "family", "train", "seed")}
-        return content_key("likelihood", model, self.key, self.method, self.num_samples, self.batch_size,
+        # "vlb-decoder-v2": values cached before the VLB decoder fix (v_1 = sigma_1^2 / alpha_1^2) are not reused
+        return content_key("likelihood", "vlb-decoder-v2", model, self.key, self.method, self.num_samples, self.batch_size,
                            self.split, self.dequantization, self.options)
 
     def compute(self, ctx) -> dict[str, float]:
