@@ -80,13 +80,14 @@ def test_vlb_of_the_oracle_bounds_the_true_discrete_nll():
 FINE = 2 ** 20 + 1  # bins of width 1.9e-6: the discrete NLL is -log p(x) - D log(2 / (L - 1)) to ~1e-10
 
 
-@pytest.mark.parametrize("process,last_gap", [("vp", 0.5), ("ve", 0.1)])
+@pytest.mark.parametrize("process,last_gap", [("vp", 0.55), ("ve", 0.1)])
 def test_vlb_tightens_towards_the_discrete_nll_as_T_grows(process, last_gap):
     """Regression (review-math.md B1, rows 4c/4d): the oracle's VLB of a 4x4 Gaussian on a very fine
     grid approaches the exact discrete NLL as T grows, for VP and VE. The decoder variance is
     v_1 = sigma_1^2 / alpha_1^2; with the old beta-tilde_2 decoder the VE gap grew with T (1.75,
     8.0, 48 nats/dim at T = 50, 200, 1000 on this data) and the VP gap at T = 1000 was 0.61 (now
-    0.48 and 0.04 at T = 1000; the VP remainder is the coarse log-SNR steps near t = 0)."""
+    0.48 and 0.04 at T = 1000, standard errors 0.02 and 0.013; the VP remainder is the coarse
+    log-SNR steps near t = 0). Seeds are fixed, so the check is deterministic."""
     data = dataset("gaussian_image", size=4, scale=0.25, mean_scale=0.1, n_train=10, n_test=200)
     x = data.split("test").double()
     x = x[(x.abs() < 0.99).flatten(1).all(1)]  # no edge bins: every bin has width 2 / (L - 1)
