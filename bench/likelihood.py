@@ -8,7 +8,8 @@ probability of k is bounded below by the density of y times the bin volume ``L^-
     bpd = ( -log p_Y(y) + D log L ) / (D ln 2)
         = ( -log p_X(x) - D log|a| + D log L ) / (D ln 2).
 
-Nothing here assumes 8 bits: L comes from the dataset.
+Quantised data itself lives on the grid ``x = 2 k / (L - 1) - 1`` (:func:`model_from_levels`), the
+one map every dataset, metric and discrete likelihood uses. Nothing here assumes 8 bits: L comes from the dataset.
 """
 from __future__ import annotations
 
@@ -17,10 +18,22 @@ import math
 import torch
 
 
+def model_from_levels(k: torch.Tensor, levels: int) -> torch.Tensor:
+    """The model-space value ``x = 2 k / (L - 1) - 1`` of level k in {0, ..., L-1}: the L levels
+    spread evenly over [-1, 1] (the training grid of quantised data, and the bin centres of a
+    discrete likelihood). Inverse of :func:`levels_from_model`."""
+    return 2 * k / (levels - 1) - 1
+
+
 def levels_from_model(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """Integer levels k from model-space images ``x = 2 k / (L - 1) - 1``."""
+    """Integer levels k (as floats) of model-space values, the nearest k of :func:`model_from_levels`."""
     k = torch.round((x + 1) / 2 * (levels - 1))
     return k.clamp(0, levels - 1)
+
+
+def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Model-space x snapped to the nearest of the L levels, ``model_from_levels(levels_from_model(x))``."""
+    return model_from_levels(levels_from_model(x, levels), levels)
 
 
 def dequantize(x: torch.Tensor, levels: int, u: torch.Tensor) -> torch.Tensor:

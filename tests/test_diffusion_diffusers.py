@@ -10,7 +10,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from bench_diffusion.families import DiffusionFamily  # noqa: E402
 from bench_diffusion.noise import Isotropic  # noqa: E402
-from bench_diffusion.processes import Process  # noqa: E402
+from bench_diffusion.processes import VPProcess  # noqa: E402
 from bench_diffusion.samplers.discrete import DDIM, Ancestral  # noqa: E402
 from bench_diffusion.schedules import Cosine, Linear, Sigmoid  # noqa: E402
 
@@ -50,7 +50,7 @@ def float64(ref, betas=None):
 
 
 def family(sched_name, prediction="eps", T=1000, clip=None):
-    proc = Process("vp", SCHEDS[sched_name](), Isotropic((3,)), (3,), T=T)
+    proc = VPProcess(SCHEDS[sched_name](), Isotropic((3,)), (3,), T=T)
     return DiffusionFamily(proc, ToyNet().double(), prediction=prediction, value_range=clip)
 
 

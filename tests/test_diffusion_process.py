@@ -11,7 +11,7 @@ from torch import nn
 from bench.protocols import DataInfo
 from bench.rng import BatchRNG, PerSampleRNG
 from bench_diffusion.noise import GFF, Dense, Isotropic, dense_matrix
-from bench_diffusion.processes import Process
+from bench_diffusion.processes import Process, VPProcess, make_process
 from bench_diffusion.samplers.discrete import Ancestral
 from bench_diffusion.samplers.langevin import CAS, langevin_step
 from bench_diffusion.schedules import Geometric, Linear
@@ -44,7 +44,7 @@ def test_closed_form_marginal_equals_iterated_transitions(kind, noise):
           "dense": lambda: Dense(shape, np.array([[1, .5, .2], [.5, 1, .3], [.2, .3, 1.]]))}[noise]()
     sched = Linear() if kind == "vp" else Geometric(0.05, 3.0)
     T = 1000 if kind == "vp" else 100
-    p = Process(kind, sched, nz, shape, T=T)
+    p = make_process(kind, sched, nz, shape, T=T)
     n, steps = 12000, (150 if kind == "vp" else 60)
     rng = BatchRNG(0, n)
     x0 = torch.full((n, *shape), 0.7, dtype=torch.float64)
@@ -86,7 +86,7 @@ def _numeric_posterior_1d(xt, x0, a_s, v_s, a_ts, v_ts):
                                               ("ve", 80, 20)])
 def test_posterior_equals_numerical_bayes(kind, t_idx, s_idx):
     sched = Linear() if kind == "vp" else Geometric(0.01, 10.0)
-    p = Process(kind, sched, Isotropic((1,)), (1,), T=1000 if kind == "vp" else 100)
+    p = make_process(kind, sched, Isotropic((1,)), (1,), T=1000 if kind == "vp" else 100)
     t, s = p.grid[t_idx], p.grid[s_idx]
     if kind == "vp":  # independent of the process code: transitions from the beta table
         ab = sched.alpha_bars(1000)
@@ -107,7 +107,7 @@ def test_posterior_equals_numerical_bayes(kind, t_idx, s_idx):
 def test_ni_posterior_matches_bishop_2_116():
     """Covariance beta-tilde Sigma and mean (6.2.17) from generic Gaussian conditioning with dense Sigma."""
     cov = np.array([[1.0, 0.6, 0.1], [0.6, 1.2, -0.3], [0.1, -0.3, 0.8]])
-    p = Process("vp", Linear(), Dense((3,), cov), (3,), T=1000)
+    p = VPProcess(Linear(), Dense((3,), cov), (3,), T=1000)
     ab = Linear().alpha_bars(1000)
     i, j = 400, 250
     lam = np.linalg.inv((1 - ab[j]) * cov)             # prior precision of x_s | x_0
@@ -343,3 +343,55 @@ def test_harmonic_mean_correction_recovers_the_single_point_score():
             t = float(fam.process.grid[i])
             want = -(x - x0) / sig[i] ** 2 if hm else -(x - x0) / (sig[i] * fam.net.sigma_h)
             torch.testing.assert_close(fam.score(x, t), want.to(torch.float64), rtol=1e-10, atol=1e-12)
+
+
+class Interpolant(Process):
+    """A new process as one subclass of ``Process``: alpha = 1 - t/2, sigma = t (a flow-matching-like
+    path; not a shipped process), with f = d log alpha/dt and g^2 = d sigma^2/dt - 2 f sigma^2."""
+
+    kind = "interp"
+    schedule_type = object
+    schedule_names = "any"
+
+    def _build_grid(self, T):
+        self.grid = torch.arange(1, T + 1, dtype=torch.float64) / T
+
+    def default_t_min(self):
+        return 1e-3
+
+    def _alpha_sigma(self, t):
+        return 1 - t / 2, t.clone()
+
+    def f(self, t):
+        return -0.5 / (1 - float(t) / 2)
+
+    def g2(self, t):
+        return 2 * float(t) - 2 * self.f(t) * float(t) ** 2
+
+    def prior_scale(self, t):
+        return self.sigma(t)
+
+
+def test_a_new_process_is_one_subclass():
+    """The base class derives posteriors, grids and the prior from the subclass's marginal: the
+    posterior equals numerical Bayes, and ``Process`` itself and unknown kinds are refused."""
+    p = Interpolant(None, Isotropic((1,)), (1,), T=50)
+    ts = p.sampling_times(5)
+    assert p.t_min == 1e-3 and len(ts) == 5 and ts[0] == 1.0 and all(a > b for a, b in zip(ts, ts[1:]))
+    assert p.ode_times(4)[0] == 1.0 and p.ode_times(4)[-1] == 1e-3
+    for t, s in ((0.9, 0.5), (0.3, 0.28)):
+        a_s, v_s = 1 - s / 2, s * s
+        a_ts = (1 - t / 2) / a_s
+        v_ts = t * t - a_ts ** 2 * s * s
+        pc = p.posterior(t, s)
+        for xt, x0 in ((0.3, -0.8), (1.7, 0.4)):
+            m, v = _numeric_posterior_1d(xt, x0, a_s, v_s, a_ts, v_ts)
+            assert abs(pc.c_xt * xt + pc.c_x0 * x0 - m) < 1e-6 * max(1, abs(m))
+            assert abs(pc.var - v) < 1e-5 * v
+    assert p.posterior(0.4, None).c_x0 == pytest.approx(1.0) and p.posterior(0.4, None).var == 0.0
+    with pytest.raises(TypeError, match="abstract"):
+        Process(Linear(), Isotropic((1,)), (1,))
+    with pytest.raises(ValueError, match="process kind must be one of 'vp', 've', got 'edm'"):
+        make_process("edm", Linear(), Isotropic((1,)), (1,))
+    with pytest.raises(ValueError, match="VP process needs a VP schedule"):
+        make_process("vp", Geometric(0.01, 10.0), Isotropic((1,)), (1,))

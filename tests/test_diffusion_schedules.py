@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench_diffusion.noise import Dense, Isotropic
-from bench_diffusion.processes import Process
+from bench_diffusion.processes import VPProcess
 from bench_diffusion.schedules import Cosine, Geometric, Karras, Linear, Quadratic, Sigmoid, respace
 from bench_diffusion.testing import build, dataset
 
@@ -72,7 +72,7 @@ def test_continuous_linear_matches_discrete_alpha_bar():
 
 def test_discrete_vp_process_interpolates_the_table_exactly():
     for sched in (Linear(), Cosine()):
-        p = Process("vp", sched, Isotropic((2,)), (2,), T=1000)
+        p = VPProcess(sched, Isotropic((2,)), (2,), T=1000)
         a, s = p.alpha_sigma(p.grid)
         ab = sched.alpha_bars(1000)
         np.testing.assert_allclose((a ** 2).numpy(), ab, rtol=1e-12)
@@ -99,7 +99,7 @@ def test_respacing_conventions():
     with pytest.raises(ValueError, match="spacing"):
         respace(10, 5, "uniform")
     # respaced betas reproduce alpha_bar on the sub-grid (section 9 item 11)
-    p = Process("vp", Linear(), Isotropic((1,)), (1,), T=1000)
+    p = VPProcess(Linear(), Isotropic((1,)), (1,), T=1000)
     ts = p.sampling_times(50, "trailing")
     ab = Linear().alpha_bars(1000)
     prod = 1.0

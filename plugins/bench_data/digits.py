@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from bench.likelihood import model_from_levels
 from bench.protocols import DataInfo
 from bench.rng import derive_seed
 
@@ -38,7 +39,7 @@ class Digits:
             unit = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0
             up = F.interpolate(unit, size=(16, 16), mode="bilinear", align_corners=False)
             k = torch.round(up.clamp(0, 1) * (levels - 1))
-        x = 2 * k / (levels - 1) - 1
+        x = model_from_levels(k, levels)
         rng = np.random.default_rng(derive_seed("digits", data_seed) % (2**32))
         order = rng.permutation(len(x))
         n_test = int(round(test_fraction * len(x)))

@@ -15,8 +15,9 @@ unconditional score network), ``vp_sde`` / ``ve_sde`` (continuous time) are one 
 
 Network parameterisation (``prediction``): ``eps`` (the network outputs eps), ``x0`` or ``v``
 (v = alpha eps - sigma sqrt(Sigma)^-1 x_0, the whitened v of Salimans & Ho). The network gets
-``x_t`` (VE: scaled by 1 / sqrt(1 + sigma^2) so its input stays O(1); not for the unconditional
-SMLD network, which must not see sigma) and the noise level ``1000 t``.
+``x_t`` times the process's ``input_scale(t)`` = 1 / sqrt(alpha^2 + sigma^2) so its input stays
+O(1) (VE: 1 / sqrt(1 + sigma^2); VP: none, alpha^2 + sigma^2 = 1; not for the unconditional SMLD
+network, which must not see sigma) and the noise level ``1000 t``.
 
 Loss weightings (``weighting``), all means over the batch and dimensions (6.2.12-14, 2.5.7):
 ``eps`` = L_a = |eps - eps_hat|^2 (lambda = (1 - alpha_bar) Sigma; SMLD: lambda = sigma^2 Sigma),
@@ -33,7 +34,7 @@ from torch import nn
 
 from bench.protocols import LikelihoodResult
 
-from .processes import Process, _bcast, _t64, harmonic_mean
+from .processes import Process, _bcast, _t64, harmonic_mean, make_process
 
 Prediction = Literal["eps", "x0", "v"]
 Weighting = Literal["auto", "eps", "b", "c", "x0", "v"]
@@ -93,10 +94,8 @@ class DiffusionFamily(nn.Module):
         return out.to(device) if device is not None else out
 
     def _net_in(self, x: torch.Tensor, t: Any) -> torch.Tensor:
-        if self.process.kind == "vp" or not self.conditional:  # the unconditional net must not see sigma
-            return x
-        _, s = self.process.alpha_sigma(t)
-        return x * _bcast(torch.rsqrt(1.0 + s * s), x)
+        scale = self.process.input_scale(t) if self.conditional else None  # the unconditional net must not see sigma
+        return x if scale is None else x * _bcast(scale, x)
 
     def raw(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         """The network output at (x, t): one network call."""
@@ -196,8 +195,8 @@ class DiffusionFamily(nn.Module):
                 "conditional": self.conditional, "harmonic_mean_correction": self.harmonic_mean_correction,
                 "sigma_H": self.sigma_h, "network": self.network_spec,
                 "network_time_input": "1000 * t" if self.conditional else "0 (unconditional)",
-                "network_input_scaling": ("x" if self.process.kind == "vp" or not self.conditional
-                                          else "x / sqrt(1 + sigma^2)"),
+                "network_input_scaling": ("x" if not self.conditional or self.process.input_scale(1.0) is None
+                                          else "x / sqrt(alpha^2 + sigma^2)"),
                 "provides": sorted(self.provides), "likelihood_methods": self.likelihood_methods,
                 "process": self.process.describe()}
 
@@ -226,7 +225,7 @@ def build_process(kind: str, noise: Spec, schedule: Spec, T: int | None, context
         if getattr(context, "dataset", None) is None:
             raise ValueError("sigma_max='auto' needs the training data (context.dataset); give sigma_max explicitly")
         sched.fit(context.dataset.split("train"), noise_obj)
-    return Process(kind, sched, noise_obj, shape, T=T, t_min=t_min)
+    return make_process(kind, sched, noise_obj, shape, T=T, t_min=t_min)
 
 
 def build_network(network: Spec, context: Any) -> tuple[nn.Module, dict]:

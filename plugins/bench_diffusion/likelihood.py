@@ -11,17 +11,34 @@ probe z (Rademacher or Gaussian) drawn from ``rng`` and fixed for the whole solv
 the given x in model space (nats per sample).
 
 ``vlb``: the discrete DDPM variational bound (Ho et al. 2020) of a discrete process on data with
-L levels, generalised to Sigma (every Gaussian has covariance proportional to Sigma):
+L levels, generalised to Sigma:
 
     L = KL(q(x_T | x_0) || prior) + sum_{i=2}^T KL(q(x_{t_{i-1}} | x_{t_i}, x_0) || p(x_{t_{i-1}} | x_{t_i}))
         - log p(x_0 | x_{t_1}),
 
-each KL term at its own x_t ~ q(x_t | x_0) (one network call each: NFE = T per sample). The model
-step is the posterior with x0_hat in place of x_0 and variance beta-tilde (``variance:
-beta_tilde``) or beta (``beta``); the decoder is a discretised Gaussian with mean x0_hat and
+each KL term at its own x_t ~ q(x_t | x_0) (one network call each: NFE = T per sample). The prior
+and every reverse step are Gaussians with covariance proportional to Sigma: the model step is the
+posterior with x0_hat in place of x_0 and variance beta-tilde (``variance: beta_tilde``) or beta
+(``beta``). The decoder p(x_0 | x_{t_1}) is a discretised Gaussian with mean x0_hat and
 per-dimension variance v_1 diag(Sigma) over bins of width 2 / (L - 1) in model space (the edge bins
-extend to +-infinity), v_1 = beta-tilde of the second level (improved-diffusion's clipped log
-variance; beta-tilde at the first level is 0) or sigma(t_1)^2 (``beta``). A discrete NLL in nats.
+extend to +-infinity), with
+
+    v_1 = sigma(t_1)^2 / alpha(t_1)^2
+
+for both processes and both ``variance`` options: the spread of x_0 = (x_{t_1} - sigma eps) / alpha
+around its prediction (VE: sigma_min^2; VP: beta_1 / (1 - beta_1)). (The posterior variance
+beta-tilde of the second level, improved-diffusion's clipped choice, is far below sigma_1^2 for VE
+and made the VE bound grow with T.) A discrete NLL in nats.
+
+The decoder is diagonal, not proportional to Sigma: a discretised full-covariance Gaussian has no
+per-pixel closed form. Against a decoder N(x0_hat, v_1 Sigma) this costs, for bins much finer than
+sigma_1 and x_0 - x0_hat ~ N(0, v_1 Sigma),
+
+    gap = KL(N(0, v_1 Sigma) || N(0, v_1 diag Sigma)) / D = (sum_d log Sigma_dd - log det Sigma) / (2 D)
+
+nats per dimension (-log det Sigma / (2 D) when diag Sigma = 1, as for GFF noise; 0 for diagonal
+Sigma), reported as ``vlb_decoder_gap_bound`` with every VLB so that NI and isotropic VLBs can be
+compared. Coarser bins wash part of it out.
 """
 from __future__ import annotations
 
@@ -30,7 +47,8 @@ from typing import Any, Literal
 
 import torch
 
-from bench.likelihood import levels_from_model
+from bench.likelihood import levels_from_model, model_from_levels, quantize
+from bench.ode import divergence, is_fixed_grid, solve_ode
 from bench.protocols import LikelihoodResult
 
 
@@ -53,7 +71,7 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torc
     """log P(bin of x) per element under N(mean, std^2), bins of half-width 1/(L-1) around the
     levels x = 2k/(L-1) - 1; the bins of k = 0 and k = L-1 extend to -inf / +inf."""
     k = levels_from_model(x, levels)
-    xq = 2 * k / (levels - 1) - 1
+    xq = model_from_levels(k, levels)
     half = 1.0 / (levels - 1)
     hi = torch.where(k >= levels - 1, torch.full_like(xq, math.inf), (xq + half - mean) / std)
     lo = torch.where(k <= 0, torch.full_like(xq, -math.inf), (xq - half - mean) / std)
@@ -74,7 +92,7 @@ def vlb(family: Any, x0: torch.Tensor, rng: Any, variance: Literal["beta_tilde",
         raise ValueError(f"variance must be beta_tilde or beta, got {variance!r}")
     noise, shape = family.noise, family.shape
     dim = int(x0[0].numel())
-    x0 = 2 * levels_from_model(x0, levels) / (levels - 1) - 1
+    x0 = quantize(x0, levels)
     grid = [float(t) for t in proc.grid]
     lo, hi = family.value_range if family.value_range is not None else (-1.0, 1.0)
     clip = (family.value_range is not None) if clip_x0 is None else clip_x0
@@ -98,30 +116,23 @@ def vlb(family: Any, x0: torch.Tensor, rng: Any, variance: Literal["beta_tilde",
         xt, x0_hat = predict(grid[0])
         pc1 = proc.posterior(grid[0], None)
         mean = pc1.c_xt * xt + pc1.c_x0 * x0_hat
-        v1 = proc.posterior(grid[1], grid[0]).var if variance == "beta_tilde" else pc1.var_ts
-        std = torch.sqrt(v1 * noise.variances()).to(x0)
+        v1 = 1.0 / proc.snr(grid[0])  # sigma(t_1)^2 / alpha(t_1)^2
+        diag = noise.variances()
+        std = torch.sqrt(v1 * diag).to(x0)
         decoder = -discretized_gaussian_log_prob(x0, mean, std, levels).flatten(1).sum(1)
     nll = prior + kl + decoder
     return LikelihoodResult(nll=nll, kind="discrete", method="vlb", nfe=float(len(grid)),
                             extra={"vlb_prior": float(prior.mean()), "vlb_kl": float(kl.mean()),
-                                   "vlb_decoder": float(decoder.mean())})
+                                   "vlb_decoder": float(decoder.mean()),
+                                   "vlb_decoder_gap_bound": diagonal_decoder_gap(noise, diag)})
 
 
-def _exact_divergence(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum_d dv_d/dy_d per sample: D vector-Jacobian products with the basis vectors, batched
-    through vmap (``is_grads_batched``), or one by one if the function does not vmap."""
-    b, d = y.shape[0], y[0].numel()
-    basis = torch.eye(d, dtype=v.dtype, device=v.device).reshape(d, 1, *v.shape[1:]).expand(d, *v.shape)
-    try:
-        (jac,) = torch.autograd.grad(v, y, basis, retain_graph=True, is_grads_batched=True)  # (D, B, ...)
-        return torch.diagonal(jac.reshape(d, b, d), dim1=0, dim2=2).sum(-1)
-    except RuntimeError:
-        vf = v.flatten(1)
-        div = torch.zeros(b, dtype=y.dtype, device=y.device)
-        for i in range(d):
-            (g,) = torch.autograd.grad(vf[:, i].sum(), y, retain_graph=i + 1 < d)
-            div = div + g.flatten(1)[:, i]
-        return div
+def diagonal_decoder_gap(noise: Any, diag: torch.Tensor | None = None) -> float:
+    """(sum_d log Sigma_dd - log det Sigma) / (2 D) = KL(N(0, Sigma) || N(0, diag Sigma)) / D, nats
+    per dimension: what the diagonal VLB decoder costs against one proportional to Sigma (see the
+    module docstring). 0 for a diagonal Sigma, -log det Sigma / (2 D) when diag Sigma = 1."""
+    diag = noise.variances() if diag is None else diag
+    return float((torch.log(diag.to(torch.float64)).sum() - noise.logdet()) / (2 * noise.dim))
 
 
 def ode_nll(family: Any, x: torch.Tensor, rng: Any, estimator: Literal["hutchinson", "exact"] = "hutchinson",
@@ -129,17 +140,18 @@ def ode_nll(family: Any, x: torch.Tensor, rng: Any, estimator: Literal["hutchins
             atol: float = 1e-5, rtol: float = 1e-5, steps: int | None = None,
             t_min: float | None = None) -> LikelihoodResult:
     """NLL of x through the probability-flow ODE (see the module docstring). ``solver`` is any
-    torchdiffeq method; fixed-grid methods take ``steps``."""
-    from torchdiffeq import odeint
-
+    solver of :mod:`bench.ode`: fixed-grid ones take ``steps`` uniform steps, adaptive ones use
+    ``atol``/``rtol`` and take no ``steps``."""
     proc = family.process
+    fixed = is_fixed_grid(solver)
+    if fixed != (steps is not None):
+        raise ValueError(f"the {'fixed-grid' if fixed else 'adaptive'} ODE solver {solver!r} "
+                         f"{'needs' if fixed else 'takes no'} steps")
     if estimator not in ("hutchinson", "exact"):
         raise ValueError(f"estimator must be hutchinson or exact, got {estimator!r}")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be rademacher or gaussian, got {probe!r}")
-    t0 = proc.t_min if t_min is None else float(t_min)
-    if proc.kind == "vp" and t0 <= 0:
-        raise ValueError("t_min must be > 0 for a VP process")
+    t0 = proc.t_min if t_min is None else proc.check_t_min(float(t_min))
     shape = tuple(x.shape[1:])
     z = None
     if estimator == "hutchinson":
@@ -152,20 +164,15 @@ def ode_nll(family: Any, x: torch.Tensor, rng: Any, estimator: Literal["hutchins
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             v = family.pf_drift(y, float(t))
-            if z is not None:
-                (vjp,) = torch.autograd.grad(v, y, z)
-                div = (vjp * z).flatten(1).sum(1)
-            else:
-                div = _exact_divergence(v, y)
+            div, _ = divergence(v, y, z)
         return v.detach(), div.detach()
 
     grid = torch.tensor([t0, proc.t_max], dtype=torch.float64)
     if steps is not None:
         grid = torch.linspace(t0, proc.t_max, int(steps) + 1, dtype=torch.float64)
-    kw = {"atol": atol, "rtol": rtol, "options": {"step_t": grid[1:]}} if steps is None else {}
     with torch.no_grad():
-        xs, dl = odeint(func, (x.detach(), torch.zeros(len(x), dtype=x.dtype, device=x.device)), grid,
-                        method=solver, **kw)
+        xs, dl = solve_ode(func, (x.detach(), torch.zeros(len(x), dtype=x.dtype, device=x.device)), grid,
+                           solver, atol=atol, rtol=rtol, land_on_times=not fixed)
         x1, delta = xs[-1], dl[-1]
         prior = proc.prior_log_prob(x1)
     nll = -(prior + delta)

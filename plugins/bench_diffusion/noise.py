@@ -18,6 +18,7 @@ covariances for low-dimensional point data (symmetric root from ``eigh``).
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Annotated, Any, Sequence
 
@@ -43,7 +44,7 @@ def data_shape(context: Any, shape: Sequence[int] | None = None) -> tuple[int, .
     return tuple(int(s) for s in data.shape)
 
 
-class NoiseModel:
+class NoiseModel(abc.ABC):
     """Base class: ``sample`` and the Gaussian log-density from the five operators."""
 
     name = "noise"
@@ -71,7 +72,25 @@ class NoiseModel:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dim": self.dim, "logdet": self.logdet()}
 
-    # subclasses: sqrt, inv_sqrt, cov, inv_cov, logdet
+    @abc.abstractmethod
+    def sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        """sqrt(Sigma) x (the symmetric root) for a batch x of the sample shape."""
+
+    @abc.abstractmethod
+    def inv_sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        """sqrt(Sigma)^-1 x."""
+
+    @abc.abstractmethod
+    def cov(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigma x."""
+
+    @abc.abstractmethod
+    def inv_cov(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigma^-1 x."""
+
+    @abc.abstractmethod
+    def logdet(self) -> float:
+        """log det Sigma."""
 
 
 class PowerNoise(NoiseModel):
@@ -81,8 +100,9 @@ class PowerNoise(NoiseModel):
 
     _logdet: float
 
+    @abc.abstractmethod
     def _apply(self, x: torch.Tensor, power: float) -> torch.Tensor:
-        raise NotImplementedError  # abstract: subclasses implement Sigma^power x
+        """Sigma^power x for a batch x of the sample shape."""
 
     def sqrt(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x, 0.5)

@@ -1,6 +1,10 @@
 """Forward processes: x_t = alpha(t) x_0 + sigma(t) sqrt(Sigma) eps, eps ~ N(0, I), t in [0, 1].
 
-One object covers the four processes of the thesis (diffusion-math.md section 4):
+:class:`Process` is the abstract base (posteriors, time grids, prior, provenance from the marginal
+and the SDE); :class:`VPProcess` and :class:`VEProcess` cover the four processes of the thesis
+(diffusion-math.md section 4); :func:`make_process` builds one by kind. A new process (flow
+matching's alpha = 1 - t, sigma = t; EDM's sigma(t) = t) is one subclass added to
+:data:`PROCESSES`.
 
 - VP (DDPM / NI-DDPM / VP SDE): alpha = sqrt(alpha_bar(t)), sigma = sqrt(1 - alpha_bar(t))
   (2.4.5, 6.2.2-3); SDE dx = -1/2 beta x dt + sqrt(beta) sqrt(Sigma) dw (2.4.44, 6.2.33).
@@ -23,8 +27,9 @@ The network's noise-level input is ``1000 t`` (a float in [0, 1000]; the timeste
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,57 +86,88 @@ class PosteriorCoeffs:
     sigma_s: float
 
 
-class Process:
-    """A Gaussian forward process with noise model ``noise`` on samples of shape ``shape``.
+class Process(abc.ABC):
+    """A Gaussian forward process x_t = alpha(t) x_0 + sigma(t) sqrt(Sigma) eps with noise model
+    ``noise`` on samples of shape ``shape``: the shared machinery (posteriors, time grids, prior,
+    provenance) over the pieces a subclass supplies: ``_build_grid`` and ``default_t_min`` (its
+    time domain), ``_alpha_sigma`` (the marginal), ``f``/``g2`` (the SDE) and ``prior_scale``;
+    ``_transition`` (the x_t | x_s moments) follows from the marginal unless overridden.
 
-    ``kind`` is "vp" or "ve"; ``T`` is the number of discrete training levels (None: continuous
-    time, t ~ U[t_min, 1] in training).
+    ``T`` is the number of discrete training levels (None: continuous time, t ~ U[t_min, 1] in
+    training). Build one by kind with :func:`make_process`; a new process is one subclass,
+    registered in :data:`PROCESSES`.
     """
 
-    def __init__(self, kind: str, schedule: Any, noise: Any, shape: tuple[int, ...], T: int | None = None,
+    kind: ClassVar[str]                  # the capability a family built on it provides ("vp", "ve")
+    schedule_type: ClassVar[type]        # the schedule class it accepts
+    schedule_names: ClassVar[str]        # for the error message
+
+    def __init__(self, schedule: Any, noise: Any, shape: tuple[int, ...], T: int | None = None,
                  t_min: float | None = None):
-        if kind not in ("vp", "ve"):
-            raise ValueError(f"process kind must be 'vp' or 've', got {kind!r}")
-        want = VPSchedule if kind == "vp" else VESchedule
-        if not isinstance(schedule, want) and getattr(schedule, "kind", None) != kind:
-            raise ValueError(f"a {kind.upper()} process needs a {kind.upper()} schedule "
-                             f"({'linear, cosine, quadratic, sigmoid' if kind == 'vp' else 'geometric, karras'}); "
+        if not isinstance(schedule, self.schedule_type) and getattr(schedule, "kind", None) != self.kind:
+            raise ValueError(f"a {self.kind.upper()} process needs a {self.kind.upper()} schedule "
+                             f"({self.schedule_names}); "
                              f"got '{getattr(schedule, 'name', type(schedule).__name__)}'")
         if T is not None and T < 2:
             raise ValueError(f"a discrete process needs at least 2 levels, got {T}")
-        self.kind, self.schedule, self.noise, self.shape, self.T = kind, schedule, noise, tuple(shape), T
+        self.schedule, self.noise, self.shape, self.T = schedule, noise, tuple(shape), T
         self.discrete = T is not None
-        if kind == "vp" and self.discrete:
-            ab = schedule.alpha_bars(T)
-            knots = np.arange(T + 1, dtype=np.float64) / T
-            self._curve = HermiteCurve(knots, np.concatenate([[0.0], np.log(ab)]))
-            self.grid = torch.from_numpy(knots[1:])
-            self.table = {"betas": schedule.betas(T), "alpha_bars": ab}
-        elif kind == "vp":
-            self._curve = None
-            self.grid = None
+        self.grid: torch.Tensor | None = None
+        self.table: dict[str, Any] = {}
+        if self.discrete:
+            self._build_grid(T)
+        self.t_min, self.t_max = self.check_t_min(self.default_t_min() if t_min is None else t_min), 1.0
+
+    # ------------------------------------------------------------------ what a subclass supplies
+    @abc.abstractmethod
+    def _build_grid(self, T: int) -> None:
+        """Set ``self.grid`` (the T training times, increasing, float64) and ``self.table``."""
+
+    @abc.abstractmethod
+    def default_t_min(self) -> float:
+        """The lowest time of sampling and training when the user gives none."""
+
+    @abc.abstractmethod
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha(t), sigma(t) for a float64 tensor t."""
+
+    @abc.abstractmethod
+    def f(self, t: Any) -> float:
+        """Drift coefficient f(t) = d log alpha / dt of dx = f x dt + g sqrt(Sigma) dw."""
+
+    @abc.abstractmethod
+    def g2(self, t: Any) -> float:
+        """g(t)^2 = d sigma^2/dt - 2 f sigma^2 of dx = f x dt + g sqrt(Sigma) dw."""
+
+    def _transition(self, t: torch.Tensor, s: Any | None) -> tuple[torch.Tensor, ...]:
+        """(sig2_t, sig2_s, var_ts, a_ts, alpha_s) for s < t (``s=None``: the data, alpha = 1,
+        sigma = 0): x_t | x_s ~ N(a_ts x_s, var_ts Sigma) with a_ts = alpha_t / alpha_s and
+        var_ts = sigma_t^2 - a_ts^2 sigma_s^2, from the marginal. Subclasses may override it with
+        a form that is exact in floating point where the generic one cancels."""
+        alpha_t, sigma_t = self._alpha_sigma(t)
+        if s is None:
+            alpha_s, sigma_s = torch.ones_like(t), torch.zeros_like(t)
         else:
-            self.grid = torch.linspace(0, 1, T, dtype=torch.float64) if self.discrete else None
-            self._curve = None
-            if self.discrete:
-                self.table = {"sigmas": schedule.sigmas(T)}
-        if t_min is None:
-            t_min = (1.0 / T if self.discrete else 1e-3) if kind == "vp" else 0.0
-        self.t_min, self.t_max = float(t_min), 1.0
-        if not 0 <= self.t_min < self.t_max:
+            alpha_s, sigma_s = self._alpha_sigma(_t64(s))
+        a_ts = alpha_t / alpha_s
+        sig2_t, sig2_s = sigma_t * sigma_t, sigma_s * sigma_s
+        return sig2_t, sig2_s, sig2_t - a_ts * a_ts * sig2_s, a_ts, alpha_s
+
+    @abc.abstractmethod
+    def prior_scale(self, t: Any) -> float:
+        """Std of the prior at time t in units of sqrt(Sigma)."""
+
+    def check_t_min(self, t_min: float) -> float:
+        """``t_min`` if it is a valid lowest time for this process, else ValueError."""
+        if not 0 <= t_min < 1.0:
             raise ValueError(f"t_min must be in [0, 1), got {t_min}")
-        if kind == "vp" and self.t_min <= 0:
-            raise ValueError("a VP process needs t_min > 0 (sigma(0) = 0)")
+        return float(t_min)
+
+    @property
+    def default_spacing(self) -> str:
+        return "linspace"
 
     # ------------------------------------------------------------------ marginal
-    def log_alpha_bar(self, t: Any) -> torch.Tensor:
-        t = _t64(t)
-        return self._curve(t) if self._curve is not None else self.schedule.log_alpha_bar(t)
-
-    def dlog_alpha_bar(self, t: Any) -> torch.Tensor:
-        t = _t64(t)
-        return self._curve.derivative(t) if self._curve is not None else self.schedule.dlog_alpha_bar(t)
-
     def alpha_sigma(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha(t), sigma(t) (float64 tensors of t's shape). Memoised for Python-number times (a
         sampler asks for the same few times at every batch); fresh tensors are returned each call."""
@@ -148,32 +184,21 @@ class Process:
             cache[t] = (float(a), float(s))
         return cache[t]
 
-    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kind == "vp":
-            lab = self.log_alpha_bar(t)
-            return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
-        return torch.ones_like(t), torch.exp(self.schedule.log_sigma(t))
-
     def alpha(self, t: Any) -> float:
         return float(self.alpha_sigma(t)[0])
 
     def sigma(self, t: Any) -> float:
         return float(self.alpha_sigma(t)[1])
 
-    def f(self, t: Any) -> float:
-        """Drift coefficient f(t) = d log alpha / dt of dx = f x dt + g sqrt(Sigma) dw."""
-        return 0.5 * float(self.dlog_alpha_bar(t)) if self.kind == "vp" else 0.0
-
-    def g2(self, t: Any) -> float:
-        """g(t)^2 = d sigma^2/dt - 2 f sigma^2 (VP: beta(t); VE: d sigma^2 / dt)."""
-        if self.kind == "vp":
-            return -float(self.dlog_alpha_bar(t))
-        t = _t64(t)
-        return float(2 * torch.exp(2 * self.schedule.log_sigma(t)) * self.schedule.dlog_sigma(t))
-
     def snr(self, t: Any) -> float:
         a, s = self.alpha_sigma(t)
         return float(a * a / (s * s))
+
+    def input_scale(self, t: Any) -> torch.Tensor | None:
+        """The factor c_in(t) = 1 / sqrt(alpha^2 + sigma^2) applied to x_t before a noise-conditional
+        network (x_t then has the scale of the data for unit-variance data); None for no scaling."""
+        a, s = self.alpha_sigma(t)
+        return torch.rsqrt(a * a + s * s)
 
     # ------------------------------------------------------------------ transitions
     def posterior(self, t: Any, s: Any | None) -> PosteriorCoeffs:
@@ -193,17 +218,7 @@ class Process:
         return self._posterior(t, s)
 
     def _posterior(self, t: Any, s: Any | None) -> PosteriorCoeffs:
-        t = _t64(t)
-        if self.kind == "vp":
-            lab_t = self.log_alpha_bar(t)
-            lab_s = torch.zeros_like(t) if s is None else self.log_alpha_bar(s)
-            var_ts = -torch.expm1(lab_t - lab_s)
-            sig2_t, sig2_s = -torch.expm1(lab_t), -torch.expm1(lab_s)
-            a_ts, alpha_s = torch.exp(0.5 * (lab_t - lab_s)), torch.exp(0.5 * lab_s)
-        else:
-            sig2_t = torch.exp(2 * self.schedule.log_sigma(t))
-            sig2_s = torch.zeros_like(t) if s is None else torch.exp(2 * self.schedule.log_sigma(_t64(s)))
-            var_ts, a_ts, alpha_s = sig2_t - sig2_s, torch.ones_like(t), torch.ones_like(t)
+        sig2_t, sig2_s, var_ts, a_ts, alpha_s = self._transition(_t64(t), s)
         return PosteriorCoeffs(c_xt=float(a_ts * sig2_s / sig2_t), c_x0=float(alpha_s * var_ts / sig2_t),
                                var=float(var_ts * sig2_s / sig2_t), var_ts=float(var_ts),
                                alpha_s=float(alpha_s), sigma_s=float(torch.sqrt(sig2_s)))
@@ -214,10 +229,6 @@ class Process:
         return _bcast(a, x0) * x0 + _bcast(s, x0) * self.noise.sqrt(eps)
 
     # ------------------------------------------------------------------ time grids
-    @property
-    def default_spacing(self) -> str:
-        return "leading" if (self.kind == "vp" and self.discrete) else "linspace"
-
     def sampling_times(self, steps: int | None, spacing: str | None = None) -> list[float]:
         """``steps`` decreasing times from the top of the grid down to its lowest level.
 
@@ -254,11 +265,6 @@ class Process:
         return self.t_min + (self.t_max - self.t_min) * rng.rand(dtype=torch.float64).cpu()
 
     # ------------------------------------------------------------------ prior
-    def prior_scale(self, t: Any) -> float:
-        """Std of the prior at time t in units of sqrt(Sigma): 1 for VP (N(0, Sigma), since
-        alpha^2 + sigma^2 = 1), sigma(t) for VE (N(0, sigma^2 Sigma), E10)."""
-        return 1.0 if self.kind == "vp" else self.sigma(t)
-
     def prior_sample(self, rng: Any, t: Any | None = None) -> torch.Tensor:
         scale = self.prior_scale(self.t_max if t is None else t)
         return scale * self.noise.sample(rng)
@@ -275,9 +281,123 @@ class Process:
         if self.discrete and self.T <= max_table:
             a, s = self.alpha_sigma(self.grid)
             out["grid"] = {"t": self.grid.tolist(), "alpha": a.tolist(), "sigma": s.tolist()}
-            if self.kind == "vp":
+            if "betas" in self.table:
                 out["grid"]["beta"] = self.table["betas"].tolist()
         return out
+
+
+class VPProcess(Process):
+    """Variance preserving: alpha = sqrt(alpha_bar(t)), sigma = sqrt(1 - alpha_bar(t)) (2.4.5,
+    6.2.2-3); f = 1/2 dlog alpha_bar / dt, g^2 = -dlog alpha_bar / dt = beta(t) (2.4.44, 6.2.33).
+    Discrete: grid t_i = i / T, log alpha_bar through the PCHIP curve of the module docstring."""
+
+    kind = "vp"
+    schedule_type = VPSchedule
+    schedule_names = "linear, cosine, quadratic, sigmoid"
+    _curve: HermiteCurve | None = None
+
+    def _build_grid(self, T: int) -> None:
+        ab = self.schedule.alpha_bars(T)
+        knots = np.arange(T + 1, dtype=np.float64) / T
+        self._curve = HermiteCurve(knots, np.concatenate([[0.0], np.log(ab)]))
+        self.grid = torch.from_numpy(knots[1:])
+        self.table = {"betas": self.schedule.betas(T), "alpha_bars": ab}
+
+    def default_t_min(self) -> float:
+        return 1.0 / self.T if self.discrete else 1e-3
+
+    def check_t_min(self, t_min: float) -> float:
+        t_min = super().check_t_min(t_min)
+        if t_min <= 0:
+            raise ValueError("a VP process needs t_min > 0 (sigma(0) = 0)")
+        return t_min
+
+    @property
+    def default_spacing(self) -> str:
+        return "leading" if self.discrete else "linspace"
+
+    def log_alpha_bar(self, t: Any) -> torch.Tensor:
+        t = _t64(t)
+        return self._curve(t) if self._curve is not None else self.schedule.log_alpha_bar(t)
+
+    def dlog_alpha_bar(self, t: Any) -> torch.Tensor:
+        t = _t64(t)
+        return self._curve.derivative(t) if self._curve is not None else self.schedule.dlog_alpha_bar(t)
+
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lab = self.log_alpha_bar(t)
+        return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
+
+    def f(self, t: Any) -> float:
+        return 0.5 * float(self.dlog_alpha_bar(t))
+
+    def g2(self, t: Any) -> float:
+        return -float(self.dlog_alpha_bar(t))
+
+    def _transition(self, t: torch.Tensor, s: Any | None) -> tuple[torch.Tensor, ...]:
+        """In log alpha_bar, with expm1: exact for the tiny var_ts of neighbouring levels."""
+        lab_t = self.log_alpha_bar(t)
+        lab_s = torch.zeros_like(t) if s is None else self.log_alpha_bar(s)
+        var_ts = -torch.expm1(lab_t - lab_s)
+        sig2_t, sig2_s = -torch.expm1(lab_t), -torch.expm1(lab_s)
+        a_ts, alpha_s = torch.exp(0.5 * (lab_t - lab_s)), torch.exp(0.5 * lab_s)
+        return sig2_t, sig2_s, var_ts, a_ts, alpha_s
+
+    def prior_scale(self, t: Any) -> float:
+        """1: the prior is N(0, Sigma), since alpha^2 + sigma^2 = 1."""
+        return 1.0
+
+    def input_scale(self, t: Any) -> None:
+        """None: alpha^2 + sigma^2 = 1, so the network sees x_t as it is."""
+        return None
+
+
+class VEProcess(Process):
+    """Variance exploding: alpha = 1, sigma = sigma(t) (2.5.1, 6.3.1); f = 0,
+    g^2 = d sigma^2 / dt = 2 sigma^2 dlog sigma / dt (2.5.13, 6.3.16). Discrete: grid
+    t_i = (i - 1) / (T - 1), the schedule's sigma(t) at the grid."""
+
+    kind = "ve"
+    schedule_type = VESchedule
+    schedule_names = "geometric, karras"
+
+    def _build_grid(self, T: int) -> None:
+        self.grid = torch.linspace(0, 1, T, dtype=torch.float64)
+        self.table = {"sigmas": self.schedule.sigmas(T)}
+
+    def default_t_min(self) -> float:
+        return 0.0
+
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones_like(t), torch.exp(self.schedule.log_sigma(t))
+
+    def f(self, t: Any) -> float:
+        return 0.0
+
+    def g2(self, t: Any) -> float:
+        t = _t64(t)
+        return float(2 * torch.exp(2 * self.schedule.log_sigma(t)) * self.schedule.dlog_sigma(t))
+
+    def _transition(self, t: torch.Tensor, s: Any | None) -> tuple[torch.Tensor, ...]:
+        """alpha = 1: var_ts = sigma_t^2 - sigma_s^2."""
+        sig2_t = torch.exp(2 * self.schedule.log_sigma(t))
+        sig2_s = torch.zeros_like(t) if s is None else torch.exp(2 * self.schedule.log_sigma(_t64(s)))
+        return sig2_t, sig2_s, sig2_t - sig2_s, torch.ones_like(t), torch.ones_like(t)
+
+    def prior_scale(self, t: Any) -> float:
+        """sigma(t): the prior is N(0, sigma^2 Sigma) (E10)."""
+        return self.sigma(t)
+
+
+PROCESSES: dict[str, type[Process]] = {"vp": VPProcess, "ve": VEProcess}
+
+
+def make_process(kind: str, schedule: Any, noise: Any, shape: tuple[int, ...], T: int | None = None,
+                 t_min: float | None = None) -> Process:
+    """The process of kind ``kind`` (a key of :data:`PROCESSES`)."""
+    if kind not in PROCESSES:
+        raise ValueError(f"process kind must be one of {', '.join(repr(k) for k in PROCESSES)}, got {kind!r}")
+    return PROCESSES[kind](schedule, noise, shape, T=T, t_min=t_min)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ conventions of diffusers' schedulers; ``leading`` is the thesis code's ``range(0
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Annotated, Any, Literal
 
@@ -51,24 +52,27 @@ def respace(T: int, N: int, spacing: str) -> np.ndarray:
     return (idx + 1)[::-1].copy()
 
 
-class VPSchedule:
+class VPSchedule(abc.ABC):
     """Base of variance-preserving schedules."""
 
     kind = "vp"
     name = "vp"
 
+    @abc.abstractmethod
     def betas(self, T: int) -> np.ndarray:
-        raise NotImplementedError  # abstract: each subclass implements it
+        """beta_1..beta_T of the T-level discrete schedule (float64)."""
 
     def alpha_bars(self, T: int) -> np.ndarray:
         """alpha_bar_1..alpha_bar_T (float64)."""
         return np.cumprod(1.0 - self.betas(T))
 
+    @abc.abstractmethod
     def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each subclass implements it
+        """log alpha_bar(t) of the continuous-time schedule, t in [0, 1]."""
 
+    @abc.abstractmethod
     def dlog_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each subclass implements it
+        """d log alpha_bar / dt (= -beta(t))."""
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -196,7 +200,7 @@ class Cosine(VPSchedule):
         return {"s": self.s, "max_beta": self.max_beta, "min_alpha_bar": self.min_alpha_bar}
 
 
-class VESchedule:
+class VESchedule(abc.ABC):
     """Base of variance-exploding schedules: sigma(t) increasing from sigma_min (t=0) to sigma_max (t=1)."""
 
     kind = "ve"
@@ -238,11 +242,13 @@ class VESchedule:
         t = torch.linspace(0, 1, L, dtype=torch.float64)
         return self.log_sigma(t).exp().numpy()
 
+    @abc.abstractmethod
     def log_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each subclass implements it
+        """log sigma(t), t in [0, 1] (sigma(0) = sigma_min, sigma(1) = sigma_max)."""
 
+    @abc.abstractmethod
     def dlog_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each subclass implements it
+        """d log sigma / dt."""
 
     def params(self) -> dict[str, Any]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, **self.fitted}

@@ -14,6 +14,7 @@ NFE of training steps: see ``nfe``.
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Optional
 
@@ -33,7 +34,7 @@ def gaussian_logprob(z: torch.Tensor, std: float) -> torch.Tensor:
     return (-0.5 * (z / std).pow(2).flatten(1).sum(1) - 0.5 * d * math.log(2 * math.pi) - d * math.log(std))
 
 
-class FlowFamily(NFEBookkeeping):
+class FlowFamily(NFEBookkeeping, abc.ABC):
     """Base class; subclasses implement ``log_density`` and ``generate`` and list their ``nets``."""
 
     trainable = True
@@ -61,12 +62,13 @@ class FlowFamily(NFEBookkeeping):
         return rng.rademacher(*shape) if self.probe_kind == "rademacher" else rng.randn(*shape)
 
     # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
     def log_density(self, x: torch.Tensor, rng, cfg: SolverConfig, regularize: bool):
         """(log p(x) in nats per sample, kinetic (B,), jacobian (B,)) for dequantised model-space x."""
-        raise NotImplementedError  # abstract: each subclass implements it
 
+    @abc.abstractmethod
     def generate(self, rng, temperature: float, cfg: SolverConfig, **kw: Any) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each subclass implements it
+        """Samples (B, *shape) in model space from the prior scaled by ``temperature``."""
 
     # ------------------------------------------------------------------ protocol
     def dequantize(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

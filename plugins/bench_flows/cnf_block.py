@@ -10,7 +10,8 @@ State (v, d, K, B) with, for t from t0 = 0 (data) to t1 = T (noise):
 and, with the corrected sign of section 6 erratum 2,  log p(x) = log p(z) + int Tr = log p(z) - d(T).
 
 Tr(df/dv) is exact (one vector-Jacobian product per dimension, for small D) or Hutchinson's
-eps^T (df/dv) eps with eps drawn ONCE per solve and held fixed across evaluations (section 1.6).
+eps^T (df/dv) eps with eps drawn ONCE per solve and held fixed across evaluations (section 1.6),
+both by :func:`bench.ode.divergence`.
 With the exact trace, B uses the exact ||df/dv||_F^2 / D. Sampling integrates dv/dt alone from T
 back to 0. The divergence needs autograd even under ``torch.no_grad``; the graph through it is kept
 only when gradients are being taken (direct backprop, or the adjoint's backward solve).
@@ -21,6 +22,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from bench.ode import divergence
 
 from .odesolve import SolverConfig, solve
 
@@ -43,12 +46,10 @@ class AugmentedDynamics(nn.Module):
             if not v.requires_grad:
                 v = v.detach().requires_grad_(True)
             f = self.net(t, v, self.cond)
-            if self.exact_trace:
-                div, jac_sq = exact_divergence(f, v, keep_graph, want_frobenius=self.regularize)
-            else:
-                vjp = torch.autograd.grad(f, v, self.probe, create_graph=keep_graph)[0]
-                div = (vjp * self.probe).flatten(1).sum(1)
-                jac_sq = vjp.pow(2).flatten(1).mean(1) if self.regularize else None
+            # the exact trace keeps its one-VJP-per-dimension order (batched=False): bit-identical
+            # results to the CNF runs made before the core divergence existed
+            div, jac_sq = divergence(f, v, None if self.exact_trace else self.probe, create_graph=keep_graph,
+                                     frobenius=self.regularize, batched=False)
         if not keep_graph:
             f, div = f.detach(), div.detach()
             jac_sq = jac_sq.detach() if jac_sq is not None else None
@@ -57,21 +58,6 @@ class AugmentedDynamics(nn.Module):
             kinetic = 0.5 * f.pow(2).flatten(1).mean(1)
             out = out + (kinetic, jac_sq)
         return out
-
-
-def exact_divergence(f: torch.Tensor, v: torch.Tensor, create_graph: bool, want_frobenius: bool = False):
-    """Tr(df/dv) (and ||df/dv||_F^2 / D) by one VJP per dimension; rows of a batch are independent."""
-    flat_f = f.flatten(1)
-    d = flat_f.shape[1]
-    div = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
-    frob = torch.zeros_like(div) if want_frobenius else None
-    for i in range(d):
-        row = torch.autograd.grad(flat_f[:, i].sum(), v, create_graph=create_graph, retain_graph=True)[0]
-        row = row.flatten(1)
-        div = div + row[:, i]
-        if want_frobenius:
-            frob = frob + row.pow(2).sum(1)
-    return div, (frob / d if want_frobenius else None)
 
 
 class CNFBlock(nn.Module):

@@ -31,7 +31,7 @@ from pydantic import Field
 from bench.context import MetricSkipped
 from bench.store import content_key
 from bench.errors import UserError
-from bench.likelihood import bits_per_dim, dequantize, discrete_bits_per_dim, levels_from_model, unit_to_model
+from bench.likelihood import bits_per_dim, dequantize, discrete_bits_per_dim, quantize, unit_to_model
 from bench.rng import PerSampleRNG, derive_seed
 
 
@@ -50,8 +50,7 @@ def model_inputs(x: torch.Tensor, kind: str, levels: int | None, u: torch.Tensor
     if kind == "continuous":
         y = dequantize(x, levels, u)
         return unit_to_model(y)[0]
-    k = levels_from_model(x, levels)
-    return 2 * k / (levels - 1) - 1
+    return quantize(x, levels)
 
 
 def per_sample_values(nll: torch.Tensor, kind: str, dim: int, levels: int | None) -> torch.Tensor:
@@ -129,7 +128,8 @@ class BitsPerDim:
         if not cfg.get("family"):
             return None
         model = {k: cfg.get(k) for k in ("dataset", "family", "train", "seed")}
-        return content_key("likelihood", model, self.key, self.method, self.num_samples, self.batch_size,
+        # "vlb-decoder-v2": values cached before the VLB decoder fix (v_1 = sigma_1^2 / alpha_1^2) are not reused
+        return content_key("likelihood", "vlb-decoder-v2", model, self.key, self.method, self.num_samples, self.batch_size,
                            self.split, self.dequantization, self.options)
 
     def compute(self, ctx) -> dict[str, float]:

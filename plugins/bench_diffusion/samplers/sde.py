@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
+from bench.ode import SolverName, is_fixed_grid, solve_ode
+
 from .base import DiffusionSampler
 
 Steps = Annotated[int, Field(ge=1, le=100000)]
@@ -99,23 +101,20 @@ class PredictorCorrector(EulerMaruyama):
         return x
 
 
-ODESolver = Literal["euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"]
-FIXED = {"euler": 1, "midpoint": 2, "rk4": 4}
-
-
 class PFODE(DiffusionSampler):
-    """The probability-flow ODE through ``torchdiffeq.odeint``: fixed-grid ``euler | midpoint | rk4``
-    with ``steps`` uniform steps (NFE = 1, 2, 4 per step), or adaptive ``dopri5 | bosh3 | ...``
-    with ``atol`` / ``rtol`` (``steps`` ignored: NFE is the solver's). Adaptive solvers control the
+    """The probability-flow ODE through :func:`bench.ode.solve_ode`: a fixed-grid solver (``euler``,
+    ``midpoint``, ``rk4``, ``heun2``, ...) with ``steps`` uniform steps (NFE = 1, 2, 4, 2 per step),
+    or an adaptive one (``dopri5``, ``bosh3``, ...) with ``atol`` / ``rtol`` (``steps`` ignored: NFE
+    is the solver's). Adaptive solvers control the
     step size on the whole batch, so samples agree across batch sizes only to the tolerance."""
 
     name = "pf_ode"
     requires = frozenset({"score"})
 
-    def __init__(self, method: ODESolver = "rk4", steps: Annotated[int, Field(ge=1, le=100000)] | None = 100,
+    def __init__(self, method: SolverName = "rk4", steps: Annotated[int, Field(ge=1, le=100000)] | None = 100,
                  atol: Annotated[float, Field(gt=0)] = 1e-5, rtol: Annotated[float, Field(gt=0)] = 1e-5,
                  denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
-        adaptive = method not in FIXED
+        adaptive = not is_fixed_grid(method)
         if not adaptive and steps is None:
             raise ValueError(f"pf_ode with the fixed-step solver {method!r} needs steps")
         super().__init__(None if adaptive else steps, None, denoise, clip_x0, context)
@@ -126,11 +125,10 @@ class PFODE(DiffusionSampler):
                 "denoise": self.denoise, "clip_x0": self.clip_x0}
 
     def sample(self, family: Any, rng: Any) -> torch.Tensor:
-        from torchdiffeq import odeint
-
         proc = family.process
         x = proc.prior_sample(rng)
-        if self.method in FIXED:
+        fixed = is_fixed_grid(self.method)
+        if fixed:
             ts = proc.ode_times(self.steps)
         else:
             ts = [proc.t_max, proc.t_min]
@@ -140,10 +138,9 @@ class PFODE(DiffusionSampler):
         def func(t, y):
             return family.pf_drift(y, float(t))
 
-        # adaptive solvers land exactly on t_min (step_t) instead of stepping past it and
-        # interpolating back: below t_min a VP process has sigma -> 0 and no valid score
-        kw = {} if self.method in FIXED else {"atol": self.atol, "rtol": self.rtol, "options": {"step_t": grid[1:]}}
-        x = odeint(func, x, grid, method=self.method, **kw)[-1]
+        # adaptive solvers land exactly on t_min instead of stepping past it and interpolating
+        # back: below t_min a VP process has sigma -> 0 and no valid score
+        x = solve_ode(func, x, grid, self.method, atol=self.atol, rtol=self.rtol, land_on_times=not fixed)[-1]
         if self.denoise:
             return self.final_denoise(family, x, proc.t_min)
         return x
