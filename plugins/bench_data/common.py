@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.likelihood import model_from_levels
 from bench.rng import derive_seed
 
 LEVELS_8BIT = 256
@@ -16,7 +17,7 @@ LEVELS_8BIT = 256
 def levels_to_model(k: np.ndarray | torch.Tensor, levels: int = LEVELS_8BIT) -> torch.Tensor:
     """Integer levels k (any integer or float dtype) -> float32 x = 2 k / (L - 1) - 1."""
     k = torch.as_tensor(np.asarray(k) if not isinstance(k, torch.Tensor) else k).to(torch.float32)
-    return 2 * k / (levels - 1) - 1
+    return model_from_levels(k, levels)
 
 
 def shuffle_split(n: int, test_fraction: float, *tag: object) -> dict[str, np.ndarray]:

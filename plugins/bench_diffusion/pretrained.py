@@ -34,7 +34,7 @@ from bench.errors import UserError
 
 from .families import DiffusionFamily
 from .noise import Isotropic
-from .processes import Process
+from .processes import Process, VPProcess
 from .schedules import VPSchedule
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -224,7 +224,7 @@ def diffusers_family(path: DirectoryPath, scheduler: FilePath | DirectoryPath | 
     if info is not None and tuple(info.shape) != shape:
         raise UserError(f"diffusers family: {model_dir} generates samples of shape {list(shape)} but the "
                         f"dataset's shape is {list(info.shape)}")
-    process = Process("vp", BetaTable(betas, str(sched_path)), Isotropic(shape), shape, T=len(betas))
+    process = VPProcess(BetaTable(betas, str(sched_path)), Isotropic(shape), shape, T=len(betas))
     weights = next(model_dir / f for f in WEIGHT_FILES if (model_dir / f).is_file())
     provenance = {"path": str(path), "model_dir": str(model_dir), "scheduler_config": str(sched_path),
                   "prediction_type": pred, "num_train_timesteps": len(betas),
