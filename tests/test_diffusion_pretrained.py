@@ -157,3 +157,20 @@ def test_loading_errors_name_the_path_and_what_is_missing(tmp_path):
     (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(UserError, match="no weights file"):
         diffusers_family(str(tmp_path), context=ctx())
+
+
+def test_beta_table_continuous_form_interpolates_the_table():
+    """log alpha_bar(k/T) equals the table's cumulative log(1 - beta) at every level, and its
+    derivative is the segment slope (checked by a finite difference inside a segment)."""
+    from bench_diffusion.pretrained import BetaTable
+    betas = np.linspace(1e-4, 0.02, 50)
+    table = BetaTable(betas, "test")
+    T = len(betas)
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    expected = np.concatenate([[0.0], np.cumsum(np.log1p(-betas))])
+    np.testing.assert_allclose(table.log_alpha_bar(t).numpy(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.exp(expected[1:]), np.cumprod(1 - betas), rtol=1e-12)
+    tm = torch.tensor([10.3 / T], dtype=torch.float64)
+    h = 1e-7
+    fd = (table.log_alpha_bar(tm + h) - table.log_alpha_bar(tm - h)) / (2 * h)
+    np.testing.assert_allclose(table.dlog_alpha_bar(tm).numpy(), fd.numpy(), rtol=1e-6)

@@ -69,6 +69,25 @@ class BetaTable(VPSchedule):
             raise ValueError(f"this schedule has {len(self.table)} betas; asked for T = {T}")
         return self.table.copy()
 
+    def _knots(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log alpha_bar at the levels k = 0..T (t_k = k / T, log alpha_bar(0) = 0), the segment index
+        of ``t`` and its fractional position in that segment."""
+        T = len(self.table)
+        knots = torch.as_tensor(np.concatenate([[0.0], np.cumsum(np.log1p(-self.table))]), dtype=torch.float64)
+        u = (t.double().clamp(0, 1) * T)
+        k = u.floor().clamp(max=T - 1).long()
+        return knots.to(t.device), k, u - k
+
+    def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """Piecewise-linear interpolation of log alpha_bar through the table: exact at t = k / T."""
+        knots, k, frac = self._knots(t)
+        return (knots[k] + frac * (knots[k + 1] - knots[k])).to(t.dtype)
+
+    def dlog_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """Slope of :meth:`log_alpha_bar` on the segment holding t: T log(1 - beta_{k+1})."""
+        knots, k, _ = self._knots(t)
+        return (len(self.table) * (knots[k + 1] - knots[k])).to(t.dtype)
+
     def params(self) -> dict[str, Any]:
         return {"source": self.source, "T": len(self.table), "beta_first": float(self.table[0]),
                 "beta_last": float(self.table[-1])}
