@@ -14,6 +14,9 @@ def bench_register_metrics(register):
              description="unbiased squared MMD, RBF kernel with the median heuristic, with mmd_floor")
     register("energy", f"{_M}.kernels:Energy", modalities=["points", "image"],
              description="energy distance 2E|X-Y|-E|X-X'|-E|Y-Y'| (U-statistics), with energy_floor")
+    register("moments", f"{_M}.moments:Moments", modalities=["points", "image"],
+             description="mean and covariance errors against a stated Gaussian (oracle data), with "
+                         "chi-square p-values under exact sampling")
     register("timing", f"{_M}.timing:Timing",
              description="sampling throughput: warm-up, repeats, median and spread (samples_per_s, ms_per_nfe)")
     for name, what in (("fid", "Frechet distance"), ("kid", "kernel (MMD) distance"),

@@ -14,6 +14,20 @@ CAS (2.5.11 with E11): one step per level,
     y_{i-1} = y_i + eta sigma~_i^2 Sigma s + beta_i sigma~_{i-1} sqrt(Sigma) z,
     eta = step_lr / sigma~_min^2,  beta_i = sqrt(1 - gamma_i^2 (1 - eta)^2),  gamma_i = sigma~_i / sigma~_{i-1},
 which keeps the noise level consistent: (1 - eta)^2 sigma~_i^2 + beta_i^2 sigma~_{i-1}^2 = sigma~_{i-1}^2.
+
+Defaults (docs/diffusion.md, "ALD and CAS defaults"; checked against the exact variance recursion for
+Gaussian data in tests/test_diffusion_langevin.py):
+
+- CAS: eta = max_i (1 - 1 / gamma_i), the smallest value that keeps every beta_i real. CAS contracts the
+  data part of y by (1 - eta) per level, so it leaves a variance deficit of about eta / 2; this eta tends to
+  0 as the grid refines (about log(sigma~_max / sigma~_min) / L), so the deficit vanishes with more levels.
+  A fixed eta (the former max(0.062, ...)) leaves a deficit that does not.
+- ALD: the Langevin time spent at level i, in units of that level's noise variance, is
+  tau = M a_i / sigma~_i^2 = M step_lr / sigma~_min^2. Keep it constant: step_lr = min(1, TAU / M) sigma~_min^2
+  with TAU = 2 (eta = step_lr / sigma~_min^2 capped at 1, where one step reaches the level's stationary
+  scale). The remaining error is the lag of a chain that stops mixing once sigma~_i falls below the data
+  scale: about log(gamma) / tau relative variance, which falls as 1 / L when the levels refine. Scaling
+  step_lr as 1 / L instead (a constant total time) would leave that error constant.
 """
 from __future__ import annotations
 
@@ -27,7 +41,17 @@ from .base import DiffusionSampler
 
 Steps = Annotated[int, Field(ge=1, le=100000)] | None
 SpacingT = Literal["leading", "trailing", "linspace"] | None
-STEP_RATIO = 0.062  # Song & Ermon's step_lr = 6.2e-6 at sigma_min = 0.01 (section 4.2.3), as a ratio
+TAU = 2.0  # ALD's default Langevin time per level, in units of the level's noise variance
+
+
+def ald_default_eta(n_steps_each: int) -> float:
+    """ALD's default step_lr / sigma~_min^2: min(1, TAU / M), a constant time TAU per level (module docstring)."""
+    return min(1.0, TAU / n_steps_each)
+
+
+def cas_default_eta(sig: list[float]) -> float:
+    """CAS's default eta = max_i (1 - sigma~_{i+1} / sigma~_i) = max_i (1 - 1 / gamma_i): the smallest admissible."""
+    return max(1.0 - lo / hi for hi, lo in zip(sig[:-1], sig[1:])) if len(sig) > 1 else 0.0
 
 
 def langevin_step(family: Any, y: torch.Tensor, t: float, alpha: float, sig: float, step: float, rng: Any) -> torch.Tensor:
@@ -45,8 +69,8 @@ def _levels(family: Any, times: list[float]) -> tuple[list[float], list[float]]:
 
 class ALD(DiffusionSampler):
     """Annealed Langevin dynamics; ``steps`` = number of noise levels, NFE = steps * n_steps_each
-    (+1 with the final denoising step). ``step_lr`` = epsilon of section 2 (None: 0.062 sigma~_min^2,
-    i.e. 6.2e-6 at sigma_min = 0.01)."""
+    (+1 with the final denoising step). ``step_lr`` = epsilon of section 2 (None:
+    min(1, 2 / n_steps_each) sigma~_min^2, a constant Langevin time per level; see the module docstring)."""
 
     name = "ald"
     requires = frozenset({"ve", "score"})
@@ -64,7 +88,7 @@ class ALD(DiffusionSampler):
         proc = family.process
         times = proc.sampling_times(self.steps, self.spacing)
         alphas, sig = _levels(family, times)
-        lr = self.step_lr if self.step_lr is not None else STEP_RATIO * sig[-1] ** 2
+        lr = self.step_lr if self.step_lr is not None else ald_default_eta(self.n_steps_each) * sig[-1] ** 2
         self.record(family, times, step_lr=lr, n_steps_each=self.n_steps_each)
         y = sig[0] * family.noise.sample(rng)
         for t, a, st in zip(times, alphas, sig):
@@ -79,8 +103,8 @@ class ALD(DiffusionSampler):
 class CAS(DiffusionSampler):
     """Consistent annealed sampling; ``steps`` = number of levels, one network call each (the last
     level's call is the final denoising step; without ``denoise`` it is skipped). ``step_lr`` =
-    epsilon of 2.5.11 (None: eta = max(0.062, max_i (1 - 1 / gamma_i)), the smallest ratio that keeps
-    every beta_i real on this grid)."""
+    epsilon of 2.5.11 (None: eta = max_i (1 - 1 / gamma_i), the smallest ratio that keeps every beta_i
+    real on this grid; see the module docstring)."""
 
     name = "cas"
     requires = frozenset({"ve", "score"})
@@ -113,7 +137,7 @@ class CAS(DiffusionSampler):
         if self.step_lr is not None:
             eta = self.step_lr / sig[-1] ** 2
         else:
-            eta = max([STEP_RATIO] + [1 - lo / hi for hi, lo in zip(sig[:-1], sig[1:])])
+            eta = cas_default_eta(sig)
         betas = self.betas(sig, eta)
         self.record(family, times, eta=eta, beta=betas)
         y = sig[0] * family.noise.sample(rng)

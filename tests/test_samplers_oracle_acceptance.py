@@ -1,0 +1,83 @@
+"""Acceptance of suites/samplers-oracle.yaml (slow: the whole suite at full size, ~10 minutes on 2 cores).
+
+Every case must finish ok, and at its largest NFE no sampler may reject exact sampling at the 0.1%
+level: ``moments_mean_p``, ``moments_cov_p`` and ``moments_var_p`` (bench_metrics ``moments``, exact
+chi-square tests against the data's stated mean and covariance) all >= 0.001. A "sampler" is one
+(dataset, family, sampler name, ODE method) group of cases; its largest NFE is its last rung.
+``largest_nfe_rejections`` is also what docs/results.md section 1 reads from a finished run.
+
+Samplers that do not claim convergence at their largest NFE, with the reason measured in
+docs/results.md section 1, are listed in NOT_CONVERGED and exempt (their rejection is expected).
+"""
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVEL = 1e-3
+P_KEYS = ("moments_mean_p", "moments_cov_p", "moments_var_p")
+# (dataset, family, sampler, method) -> why it does not converge at the suite's largest NFE
+_ANCESTRAL = ("discrete ancestral kernel with beta_tilde drops c0^2 Var(x0 | x_t): variance x0.981 at T = 1000 "
+              "(exact recursion), the largest NFE possible")
+_EULER_VE = "first-order Euler on the VE PF-ODE: variance x0.95 at 1000 steps"
+NOT_CONVERGED = {
+    ("gaussian_image8", "oracle_vp", "ancestral", None): _ANCESTRAL,
+    ("gaussian_image8", "oracle_vp_gff", "ancestral", None): _ANCESTRAL,
+    ("gaussian_image8", "oracle_ve", "pf_ode", "euler"): _EULER_VE,
+    ("gaussian_image8", "oracle_ve_gff", "pf_ode", "euler"): _EULER_VE,
+}
+
+
+def group_of(record: dict) -> tuple:
+    s = record["config"]["sampler"]
+    return record["labels"]["dataset"], record["labels"]["family"], s["name"], s.get("method")
+
+
+def largest_nfe(records: list[dict]) -> dict[tuple, dict]:
+    """The record with the largest NFE of every (dataset, family, sampler, method) group."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        g = group_of(r)
+        if g not in best or r["metrics"]["nfe"] > best[g]["metrics"]["nfe"]:
+            best[g] = r
+    return best
+
+
+def largest_nfe_rejections(records: list[dict], level: float = LEVEL, exempt=()) -> dict[str, dict[str, float]]:
+    """case id -> the p-values below ``level``, over the largest-NFE case of each sampler whose
+    group (dataset, family, sampler, method) is not in ``exempt``."""
+    out = {}
+    for g, r in largest_nfe(records).items():
+        if g in exempt:
+            continue
+        low = {k: r["metrics"][k] for k in P_KEYS if r["metrics"][k] < level}
+        if low:
+            out[r["case_id"]] = low
+    return out
+
+
+def test_acceptance_logic_picks_the_largest_nfe_and_flags_low_p():
+    def rec(sampler, nfe, p, method=None):
+        return {"case_id": f"{sampler}{nfe}", "labels": {"dataset": "d", "family": "f"},
+                "config": {"sampler": {"name": sampler, "method": method}},
+                "metrics": {"nfe": nfe, **{k: p for k in P_KEYS}}}
+    records = [rec("cas", 10, 1e-9), rec("cas", 1000, 0.4), rec("ald", 101, 0.5), rec("ald", 5001, 1e-4),
+               rec("pf_ode", 11, 1e-9, "euler"), rec("pf_ode", 1001, 0.2, "euler"), rec("pf_ode", 80, 1e-5, "rk4")]
+    assert set(largest_nfe_rejections(records)) == {"ald5001", "pf_ode80"}
+    assert set(largest_nfe_rejections(records, exempt={("d", "f", "ald", None)})) == {"pf_ode80"}
+
+
+@pytest.mark.slow
+def test_samplers_oracle_acceptance(workdir):
+    result = CliRunner().invoke(app, ["run", str(ROOT / "suites" / "samplers-oracle.yaml"), "-q", "--threads", "1",
+                                      "--executor", "process", "--workers", "2"])
+    records = [json.loads(p.read_text()) for p in Path("results").rglob("record.json")]
+    failed = {r["case_id"]: r.get("error") for r in records if r["status"] != "ok"}
+    assert result.exit_code == 0 and not failed, (result.output[-3000:], failed)
+    assert len(records) == 120
+    assert not largest_nfe_rejections(records, exempt=NOT_CONVERGED)
+    assert set(NOT_CONVERGED) <= set(largest_nfe(records))  # an exemption never outlives its cases
