@@ -1,5 +1,5 @@
 """``mcvd``: masked conditional video diffusion (Voleti, Jolicoeur-Martineau and Pal 2022; thesis
-chapter 7, sections 7.2-7.3; diffusion-math.md section 6.2; docs/video.md).
+chapter 7, sections 7.2.1-7.2.4; diffusion-math.md section 6.2; docs/video.md).
 
 A clip window holds ``past`` frames p, ``current`` (target) frames x_0 (k of them) and ``future`` frames f.
 The target block is diffused by bench's VP process, x_t = alpha_t x_0 + sigma_t sqrt(Sigma) eps, and the

@@ -1,4 +1,4 @@
-"""``spatin_unet``: the small UNet with SPATIN-style conditioning (MCVD, thesis section 7.3; Voleti et
+"""``spatin_unet``: the small UNet with SPATIN-style conditioning (MCVD, thesis section 7.2.4; Voleti et
 al. 2022; diffusion-math.md section 6.2.2), ``f(x, t, cond)`` for (C, H, W) inputs.
 
 The conditioning frames ``cond`` (concatenated along channels) are NOT part of the input. They go through
