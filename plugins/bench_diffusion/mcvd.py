@@ -101,7 +101,11 @@ class MCVD(DiffusionFamily):
         """eps_theta(x_t | past, future, t) as a VP family over the target block: the public hook any
         bench VP sampler runs on (``sampler.sample(family.denoiser(past, future), rng)``). ``None``
         for a block masks it (zeros)."""
-        batch = batch or next(len(f) for f in (past, future) if f is not None)
+        if batch is None:
+            given = [f for f in (past, future) if f is not None]
+            if not given:
+                raise ValueError("mcvd.denoiser: give the batch size when both blocks are masked")
+            batch = len(given[0])
         bound = FrameConditionedNet(self.net, self.conditioning(past, future, batch))
         return DiffusionFamily(self.process, bound, name="mcvd", prediction="eps", value_range=self.value_range,
                                network_spec=self.network_spec)
