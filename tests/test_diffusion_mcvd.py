@@ -281,6 +281,16 @@ def test_bench_run_tiny_mcvd(workdir, cond, mask):
     assert {"extrap_ssim", "extrap_psnr", "pred_mse_t6", "nfe"} <= set(m) and m["nfe"] == 2
 
 
+def test_gff_noise_acts_on_the_target_block(tiny_digits):
+    """GFF noise over the k current frames (each frame's spatial field filtered separately)."""
+    fam = build("family", {"name": "mcvd", "past": 2, "current": 3, "T": 50, "noise": {"name": "gff", "gamma": 1.5},
+                           "network": {"base": 8}, "video_sampler": {"name": "ancestral", "steps": 2}}, tiny_digits)
+    assert fam.noise.name == "gff" and fam.noise.shape == (3, 1, 16, 16) and fam.noise.n_fields == 3
+    assert torch.isfinite(fam.loss(tiny_digits.split("train"), BatchRNG(0, 8)))
+    pred = fam.rollout("predict", tiny_digits.split("test")[:, :2], 4, PerSampleRNG.for_indices(0, range(2)))
+    assert pred.shape == (2, 4, 1, 16, 16) and torch.isfinite(pred).all()
+
+
 def test_bad_mcvd_parameters_exit_2(workdir):
     from bench.cli import app
 

@@ -156,7 +156,7 @@ class MCVD(DiffusionFamily):
         return sampler
 
     @torch.no_grad()
-    def rollout(self, task: str, context: torch.Tensor | None, horizon: int, rng: Any,
+    def rollout(self, task: Task, context: torch.Tensor | None, horizon: int, rng: Any,
                 sampler: Any = None) -> torch.Tensor:
         """``horizon`` new frames (B, horizon, C, H, W) for ``task`` (the context is never modified):
 
