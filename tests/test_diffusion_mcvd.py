@@ -9,14 +9,13 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from bench.protocols import DataInfo
 from bench.rng import BatchRNG, PerSampleRNG
+from bench_diffusion.families import build_process
 from bench_diffusion.mcvd import MCVD
-from bench_diffusion.noise import Isotropic
-from bench_diffusion.processes import Process
 from bench_diffusion.samplers.discrete import DDIM, Ancestral
 from bench_diffusion.samplers.multistep import DPMSolverPP2M
-from bench_diffusion.schedules import linear
-from bench_diffusion.testing import build, dataset
+from bench_diffusion.testing import build, context, dataset
 from bench_metrics.testing import metric_context
 from bench_metrics.video import VideoMetrics
 
@@ -24,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_family(past, current, future, mask, net=None, frame_shape=(1, 1, 1), T=1000):
-    shape = (current, *frame_shape)
-    process = Process("vp", linear(), Isotropic(shape), shape, T=T)
+    info = DataInfo(name="block", shape=(current, *frame_shape), modality="video")
+    process = build_process("vp", "isotropic", "linear", T, context(info))
     return MCVD(process, net if net is not None else nn.Identity(), past=past, current=current, future=future,
                 mask=mask)
 
