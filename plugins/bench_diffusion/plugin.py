@@ -45,6 +45,9 @@ def bench_register_families(register):
              components=_COMPONENTS, description="VP SDE trained in continuous time")
     register("ve_sde", f"{_P}.families:ve_sde", provides=_FAMILY_CAPS + ["ve", "continuous"],
              components=_COMPONENTS, description="VE SDE trained in continuous time")
+    register("mcvd", f"{_P}.mcvd:mcvd", components=_COMPONENTS, modalities=["video"],
+             provides=["diffusion", "eps", "score", "x0", "vp", "discrete", "video", "video_predict"],
+             description="MCVD: masked conditional video diffusion (thesis ch. 7), concat or spatin conditioning")
     oracle_caps = _FAMILY_CAPS + ["oracle", "discrete", "continuous"]
     register("oracle", f"{_P}.oracle:oracle", provides=oracle_caps + ["vp", "ve"], components=_COMPONENTS,
              trainable=False, description="exact score of Gaussian/GMM data under a VP or VE process (process=)")
