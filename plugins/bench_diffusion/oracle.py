@@ -24,10 +24,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from .edm import EDMFamily, build_sigma_process
 from .families import DiffusionFamily, Spec, build_process
 from .flow_matching import FlowMatchingFamily, build_path, path_rates
 from .noise import dense_matrix
-from .processes import _t64
+from .processes import _bcast, _t64
 
 
 def mixture_from_params(params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,3 +213,49 @@ def oracle_fm(path: Literal["linear", "vp"] = "linear", noise: Spec = "isotropic
     info = context.data
     return FlowMatchingOracle(proc, weights, means, covs, value_range=info.value_range, levels=info.levels,
                               network_spec={"name": "oracle_fm"})
+
+
+# ---------------------------------------------------------------- EDM: the exact denoiser
+
+class EDMOracle(EDMFamily):
+    """Exact denoiser of Gaussian / GMM data on the sigma process x = y + s sqrt(Sigma) n (any noise):
+    D*(x; s) = E[y | x] = x - s sqrt(Sigma) eps*(x; alpha = 1, sigma = s) with eps* of
+    :class:`MixtureEps` (Tweedie in whitened coordinates). trainable = False."""
+
+    trainable = False
+
+    def __init__(self, process, weights, means, covs, **kw):
+        super().__init__(process, None, name="oracle_edm", **kw)
+        self.oracle = MixtureEps(weights, means, covs, process.noise, process.shape)
+        self.mixture = (weights, means, covs)
+        self.provides = self.provides | {"oracle"}
+
+    def nfe_modules(self) -> list[nn.Module]:
+        return [self.oracle]
+
+    def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        s = _t64(sigma)
+        eps = self.oracle(x, torch.ones_like(s), s)
+        return x - _bcast(s, x) * self.noise.sqrt(eps)
+
+    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+        """The EDM loss of the exact denoiser on this batch: the loss floor."""
+        with torch.no_grad():
+            return super().loss(x0, rng)
+
+    data_log_prob = OracleFamily.data_log_prob
+
+    def describe(self) -> dict[str, Any]:
+        w, m, _ = self.mixture
+        return {**super().describe(), "oracle": {"components": int(len(w)), "dim": int(m.shape[1])}}
+
+
+def oracle_edm(noise: Spec = "isotropic", schedule: Spec = None, sigma_data: Annotated[float, Field(gt=0)] = 0.5,
+               context=None) -> EDMOracle:
+    """The exact EDM denoiser of the dataset's ground truth on the sigma process (``schedule``
+    default karras(0.002, 80, rho = 7); ``sigma_data`` only enters the loss floor's weighting)."""
+    weights, means, covs = _oracle_data(context)
+    proc = build_sigma_process(noise, schedule, context)
+    info = context.data
+    return EDMOracle(proc, weights, means, covs, sigma_data=sigma_data, value_range=info.value_range,
+                     levels=info.levels, network_spec={"name": "oracle_edm"})

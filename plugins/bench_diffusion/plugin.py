@@ -58,6 +58,11 @@ def bench_register_families(register):
              "Sigma-shaped source noise, coupling independent|ot), velocity prediction")
     register("oracle_fm", f"{_P}.oracle:oracle_fm", provides=fm_caps + ["linear", "oracle"], components=_COMPONENTS,
              trainable=False, description="exact flow-matching velocity of Gaussian/GMM data (path linear|vp)")
+    edm_caps = _FAMILY_CAPS + ["ve", "continuous", "edm"]
+    register("edm", f"{_P}.edm:edm", provides=edm_caps, components=_COMPONENTS,
+             description="EDM (Karras et al. 2022): preconditioned denoiser, log-normal sigmas, Sigma-shaped noise")
+    register("oracle_edm", f"{_P}.oracle:oracle_edm", provides=edm_caps + ["oracle"], components=_COMPONENTS,
+             trainable=False, description="exact EDM denoiser of Gaussian/GMM data on the sigma process")
     register("diffusers", f"{_P}.pretrained:diffusers_family", provides=_FAMILY_CAPS + ["vp", "discrete"],
              trainable=False, description="a pretrained diffusers UNet2DModel (local save_pretrained directory), frozen")
 
@@ -93,6 +98,10 @@ def bench_register_samplers(register):
              description="flow ODE, explicit midpoint (2nd order), NFE = 2 steps")
     register("dopri5", f"{s}.flow:AdaptiveFlowODE", requires=["velocity"],
              description="flow ODE, adaptive (method dopri5|bosh3|...; atol, rtol), NFE measured")
+    register("edm_heun", f"{s}.edm:EDMHeun", requires=["edm"],
+             description="EDM Algorithm 2 (Heun, S_churn/S_tmin/S_tmax/S_noise), NFE = 2 steps - 1")
+    register("edm_euler", f"{s}.edm:EDMEuler", requires=["edm"],
+             description="EDM Algorithm 2 without the Heun correction, NFE = steps")
     register("diffusers", f"{s}.diffusers_bridge:DiffusersScheduler", requires=["vp"],
              description="any diffusers scheduler (DPMSolverMultistep, UniPC, Euler, Heun, DEIS, ...) on a VP family")
 
