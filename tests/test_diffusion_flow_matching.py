@@ -235,3 +235,21 @@ def test_bad_input_is_refused():
         build("family", {"name": "oracle_fm", "schedule": "cosine"}, data)
     with pytest.raises(Exception, match="coupling"):
         build("family", {"name": "flow_matching", "coupling": "sinkhorn"}, data)
+
+
+def test_linear_process_coefficients():
+    """alpha = 1 - t, sigma = t; f = d log alpha/dt and g^2 = d sigma^2/dt - 2 f sigma^2 by finite
+    differences; the rates (-1, 1); the prior N(0, Sigma) at t = 1."""
+    data = dataset("gaussian", dim=2, n_train=10, n_test=10)
+    p = build("family", "oracle_fm", data).process
+    h = 1e-6
+    for t in (0.1, 0.5, 0.9):
+        a, s = (float(v) for v in p.alpha_sigma(t))
+        assert (a, s) == pytest.approx((1 - t, t), abs=1e-15)
+        la = lambda u: math.log(float(p.alpha_sigma(u)[0]))  # noqa: E731
+        s2 = lambda u: float(p.alpha_sigma(u)[1]) ** 2  # noqa: E731
+        f = (la(t + h) - la(t - h)) / (2 * h)
+        assert p.f(t) == pytest.approx(f, rel=1e-6)
+        assert p.g2(t) == pytest.approx((s2(t + h) - s2(t - h)) / (2 * h) - 2 * f * s2(t), rel=1e-6)
+        assert [float(v) for v in path_rates(p, t)] == [-1.0, 1.0]
+    assert p.t_min == 0.0 and p.prior_scale(1.0) == 1.0

@@ -40,7 +40,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .families import DiffusionFamily, Spec, build_network, build_process
-from .processes import LinearProcess, Process, StraightPath, VPProcess, _bcast, _t64
+from .processes import LinearProcess, Process, StraightPath, VPProcess, _bcast
 
 Path = Literal["linear", "vp"]
 Coupling = Literal["independent", "ot"]

@@ -4,6 +4,8 @@
 and the SDE); :class:`VPProcess` and :class:`VEProcess` cover the four processes of the thesis
 (diffusion-math.md section 4); :func:`make_process` builds one by kind. A new process (flow
 matching's alpha = 1 - t, sigma = t; EDM's sigma(t) = t) is one subclass added to
+:data:`PROCESSES`. :class:`LinearProcess` (flow matching's straight path) is such a subclass; the
+flow-matching family builds it directly (bench_diffusion.flow_matching), so it is not in
 :data:`PROCESSES`.
 
 - VP (DDPM / NI-DDPM / VP SDE): alpha = sqrt(alpha_bar(t)), sigma = sqrt(1 - alpha_bar(t))
