@@ -24,9 +24,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from .edm import EDMFamily, build_sigma_process
 from .families import DiffusionFamily, Spec, build_process
+from .flow_matching import FlowMatchingFamily, build_path, path_rates
 from .noise import dense_matrix
-from .processes import _t64
+from .processes import _bcast, _t64
 
 
 def mixture_from_params(params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,3 +135,127 @@ def oracle(process: Literal["vp", "ve"] = "vp", noise: Spec = "isotropic", sched
     info = context.data
     return OracleFamily(proc, weights, means, covs, value_range=info.value_range, levels=info.levels,
                         network_spec={"name": "oracle"})
+
+
+# ---------------------------------------------------------------- flow matching: the exact velocity
+
+class MixtureVelocity(MixtureEps):
+    """The exact flow-matching velocity u*(x, t) = E[-(alpha' x_0 + sigma' z) | x_t = x] of a
+    Gaussian mixture, z = sqrt(Sigma) eps. In whitened coordinates (the class docstring of
+    :class:`MixtureEps`), per component k, with y_k = U_k^T (w - alpha mu_k) and d_k = alpha^2 lambda_k + sigma^2:
+
+        E[W_0 | w, k] = mu_k + U_k (alpha lambda_k / d_k) y_k,   E[eps | w, k] = U_k (sigma / d_k) y_k,
+
+    so u*_w = -sum_k r_k(w) [alpha' mu_k + U_k ((alpha' alpha lambda_k + sigma' sigma) / d_k) y_k] and
+    u* = sqrt(Sigma) u*_w. Finite at alpha = 0 (t = 1 of the linear path) and at sigma = 0 for a
+    non-degenerate mixture."""
+
+    def forward(self, x: torch.Tensor, alpha: Any, sigma: Any, d_alpha: Any, d_sigma: Any) -> torch.Tensor:
+        b = x.shape[0]
+        w = self.noise.inv_sqrt(x.to(torch.float64)).reshape(b, -1)
+        shape = (-1, 1, 1)
+        a, s = _t64(alpha).to(w.device).reshape(shape), _t64(sigma).to(w.device).reshape(shape)
+        da, ds = _t64(d_alpha).to(w.device).reshape(shape), _t64(d_sigma).to(w.device).reshape(shape)
+        mu_u = torch.einsum("kd,kde->ke", self.mu, self.u)[None]             # U_k^T mu_k
+        y = torch.einsum("bd,kde->bke", w, self.u) - a * mu_u
+        dvar = a * a * self.lam[None] + s * s
+        logn = -0.5 * (y * y / dvar).sum(-1) - 0.5 * torch.log(dvar).sum(-1)
+        r = torch.softmax(self.logw[None] + logn, dim=1)                     # (B, K)
+        coef = (da * a * self.lam[None] + ds * s) / dvar                      # (B or 1, K, D)
+        in_eig = da * mu_u + coef * y                                         # U_k^T (per-component velocity)
+        u_w = -torch.einsum("bke,kde->bd", r[..., None] * in_eig, self.u)
+        return self.noise.sqrt(u_w.reshape(b, *self.shape)).to(x.dtype)
+
+
+def _oracle_data(context: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if context is None or getattr(context, "data", None) is None:
+        raise ValueError("the oracle needs a build context with the dataset's info")
+    return mixture_from_params(context.data.params or {})
+
+
+class FlowMatchingOracle(FlowMatchingFamily):
+    """Exact velocity u* of Gaussian / GMM data on the linear or VP path, any noise. trainable = False."""
+
+    trainable = False
+
+    def __init__(self, process, weights, means, covs, **kw):
+        super().__init__(process, None, name="oracle_fm", **kw)
+        self.oracle = MixtureVelocity(weights, means, covs, process.noise, process.shape)
+        self.mixture = (weights, means, covs)
+        self.provides = self.provides | {"oracle"}
+
+    def nfe_modules(self) -> list[nn.Module]:
+        return [self.oracle]
+
+    def raw(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        a, s = self.process.alpha_sigma(t)
+        da, ds = path_rates(self.process, t)
+        return self.oracle(x, a, s, da, ds)
+
+    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+        """The flow-matching loss of the exact velocity on this batch: the loss floor."""
+        with torch.no_grad():
+            return super().loss(x0, rng)
+
+    data_log_prob = OracleFamily.data_log_prob
+
+    def describe(self) -> dict[str, Any]:
+        w, m, _ = self.mixture
+        return {**super().describe(), "oracle": {"components": int(len(w)), "dim": int(m.shape[1])}}
+
+
+def oracle_fm(path: Literal["linear", "vp"] = "linear", noise: Spec = "isotropic", schedule: Spec = None,
+              t_min: Annotated[float, Field(ge=0, lt=0.5)] | None = None, context=None) -> FlowMatchingOracle:
+    """The exact flow-matching velocity of the dataset's ground truth (``DataInfo.params``) on the
+    ``linear`` path or the continuous ``vp`` path (default schedule ``linear``)."""
+    weights, means, covs = _oracle_data(context)
+    proc = build_path(path, noise, schedule, context, t_min)
+    info = context.data
+    return FlowMatchingOracle(proc, weights, means, covs, value_range=info.value_range, levels=info.levels,
+                              network_spec={"name": "oracle_fm"})
+
+
+# ---------------------------------------------------------------- EDM: the exact denoiser
+
+class EDMOracle(EDMFamily):
+    """Exact denoiser of Gaussian / GMM data on the sigma process x = y + s sqrt(Sigma) n (any noise):
+    D*(x; s) = E[y | x] = x - s sqrt(Sigma) eps*(x; alpha = 1, sigma = s) with eps* of
+    :class:`MixtureEps` (Tweedie in whitened coordinates). trainable = False."""
+
+    trainable = False
+
+    def __init__(self, process, weights, means, covs, **kw):
+        super().__init__(process, None, name="oracle_edm", **kw)
+        self.oracle = MixtureEps(weights, means, covs, process.noise, process.shape)
+        self.mixture = (weights, means, covs)
+        self.provides = self.provides | {"oracle"}
+
+    def nfe_modules(self) -> list[nn.Module]:
+        return [self.oracle]
+
+    def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        s = _t64(sigma)
+        eps = self.oracle(x, torch.ones_like(s), s)
+        return x - _bcast(s, x) * self.noise.sqrt(eps)
+
+    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+        """The EDM loss of the exact denoiser on this batch: the loss floor."""
+        with torch.no_grad():
+            return super().loss(x0, rng)
+
+    data_log_prob = OracleFamily.data_log_prob
+
+    def describe(self) -> dict[str, Any]:
+        w, m, _ = self.mixture
+        return {**super().describe(), "oracle": {"components": int(len(w)), "dim": int(m.shape[1])}}
+
+
+def oracle_edm(noise: Spec = "isotropic", schedule: Spec = None, sigma_data: Annotated[float, Field(gt=0)] = 0.5,
+               context=None) -> EDMOracle:
+    """The exact EDM denoiser of the dataset's ground truth on the sigma process (``schedule``
+    default karras(0.002, 80, rho = 7); ``sigma_data`` only enters the loss floor's weighting)."""
+    weights, means, covs = _oracle_data(context)
+    proc = build_sigma_process(noise, schedule, context)
+    info = context.data
+    return EDMOracle(proc, weights, means, covs, sigma_data=sigma_data, value_range=info.value_range,
+                     levels=info.levels, network_spec={"name": "oracle_edm"})

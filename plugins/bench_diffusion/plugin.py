@@ -55,6 +55,17 @@ def bench_register_families(register):
              components=_COMPONENTS, trainable=False, description="the oracle as a VP (ddpm-like) process")
     register("oracle_ve", f"{_P}.oracle:oracle", defaults={"process": "ve"}, provides=oracle_caps + ["ve"],
              components=_COMPONENTS, trainable=False, description="the oracle as a VE (smld-like) process")
+    fm_caps = ["flow_matching", "velocity", "likelihood", "continuous"]
+    register("flow_matching", f"{_P}.flow_matching:flow_matching", provides=fm_caps + ["linear"],
+             components=_COMPONENTS, description="flow matching / rectified flow (linear or vp path, "
+             "Sigma-shaped source noise, coupling independent|ot), velocity prediction")
+    register("oracle_fm", f"{_P}.oracle:oracle_fm", provides=fm_caps + ["linear", "oracle"], components=_COMPONENTS,
+             trainable=False, description="exact flow-matching velocity of Gaussian/GMM data (path linear|vp)")
+    edm_caps = _FAMILY_CAPS + ["ve", "continuous", "edm"]
+    register("edm", f"{_P}.edm:edm", provides=edm_caps, components=_COMPONENTS,
+             description="EDM (Karras et al. 2022): preconditioned denoiser, log-normal sigmas, Sigma-shaped noise")
+    register("oracle_edm", f"{_P}.oracle:oracle_edm", provides=edm_caps + ["oracle"], components=_COMPONENTS,
+             trainable=False, description="exact EDM denoiser of Gaussian/GMM data on the sigma process")
     register("diffusers", f"{_P}.pretrained:diffusers_family", provides=_FAMILY_CAPS + ["vp", "discrete"],
              trainable=False, description="a pretrained diffusers UNet2DModel (local save_pretrained directory), frozen")
 
@@ -83,6 +94,17 @@ def bench_register_samplers(register):
              description="UniPC predictor-corrector (bh2 / bh1, order 1-3), NFE = steps")
     register("deis", f"{s}.multistep:DEIS", requires=["vp"],
              description="DEIS tAB multistep in log rho (order 1-3), NFE = steps")
+    register("euler", f"{s}.flow:Euler", requires=["velocity"],
+             description="flow ODE, forward Euler, NFE = steps")
+    register("heun", f"{s}.flow:Heun", requires=["velocity"], description="flow ODE, Heun (2nd order), NFE = 2 steps")
+    register("midpoint", f"{s}.flow:Midpoint", requires=["velocity"],
+             description="flow ODE, explicit midpoint (2nd order), NFE = 2 steps")
+    register("dopri5", f"{s}.flow:AdaptiveFlowODE", requires=["velocity"],
+             description="flow ODE, adaptive (method dopri5|bosh3|...; atol, rtol), NFE measured")
+    register("edm_heun", f"{s}.edm:EDMHeun", requires=["edm"],
+             description="EDM Algorithm 2 (Heun, S_churn/S_tmin/S_tmax/S_noise), NFE = 2 steps - 1")
+    register("edm_euler", f"{s}.edm:EDMEuler", requires=["edm"],
+             description="EDM Algorithm 2 without the Heun correction, NFE = steps")
     register("diffusers", f"{s}.diffusers_bridge:DiffusersScheduler", requires=["vp"],
              description="any diffusers scheduler (DPMSolverMultistep, UniPC, Euler, Heun, DEIS, ...) on a VP family")
 

@@ -4,6 +4,8 @@
 and the SDE); :class:`VPProcess` and :class:`VEProcess` cover the four processes of the thesis
 (diffusion-math.md section 4); :func:`make_process` builds one by kind. A new process (flow
 matching's alpha = 1 - t, sigma = t; EDM's sigma(t) = t) is one subclass added to
+:data:`PROCESSES`. :class:`LinearProcess` (flow matching's straight path) is such a subclass; the
+flow-matching family builds it directly (bench_diffusion.flow_matching), so it is not in
 :data:`PROCESSES`.
 
 - VP (DDPM / NI-DDPM / VP SDE): alpha = sqrt(alpha_bar(t)), sigma = sqrt(1 - alpha_bar(t))
@@ -28,6 +30,7 @@ The network's noise-level input is ``1000 t`` (a float in [0, 1000]; the timeste
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -386,6 +389,52 @@ class VEProcess(Process):
 
     def prior_scale(self, t: Any) -> float:
         """sigma(t): the prior is N(0, sigma^2 Sigma) (E10)."""
+        return self.sigma(t)
+
+
+class StraightPath:
+    """The schedule of :class:`LinearProcess`: nothing to choose (alpha = 1 - t, sigma = t)."""
+
+    kind = name = "linear"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "alpha": "1 - t", "sigma": "t"}
+
+
+class LinearProcess(Process):
+    """The straight path of flow matching / rectified flow: alpha = 1 - t, sigma = t, so
+    x_t = (1 - t) x_0 + t sqrt(Sigma) eps (Lipman et al. 2023 eq. 20 with sigma_min = 0, Liu et al.
+    2023 eq. 1, in bench's time: t = 0 is the data, t = 1 the source noise N(0, Sigma); their time
+    is 1 - t). f = d log alpha/dt = -1/(1 - t), g^2 = d sigma^2/dt - 2 f sigma^2 = 2t / (1 - t)
+    (both diverge at t = 1, where alpha = 0: the SDE view is singular there, the ODE is not).
+    The rates d alpha/dt = -1, d sigma/dt = 1 are exact (:meth:`d_alpha_sigma`)."""
+
+    kind = "linear"
+    schedule_type = StraightPath
+    schedule_names = "the straight path (no schedule)"
+
+    def _build_grid(self, T: int) -> None:
+        self.grid = torch.arange(1, T + 1, dtype=torch.float64) / T
+
+    def default_t_min(self) -> float:
+        return 0.0
+
+    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return 1.0 - t, t.clone()
+
+    def d_alpha_sigma(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d alpha/dt, d sigma/dt) = (-1, 1)."""
+        t = _t64(t)
+        return -torch.ones_like(t), torch.ones_like(t)
+
+    def f(self, t: Any) -> float:
+        return -math.inf if float(t) >= 1 else -1.0 / (1.0 - float(t))
+
+    def g2(self, t: Any) -> float:
+        return math.inf if float(t) >= 1 else 2.0 * float(t) / (1.0 - float(t))
+
+    def prior_scale(self, t: Any) -> float:
+        """sigma(t): exact at t = 1, where x_1 = sqrt(Sigma) eps is the source noise."""
         return self.sigma(t)
 
 
