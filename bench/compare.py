@@ -37,6 +37,9 @@ LABELS = AXES
 REPLICATES = ("seed", "sample_seed")
 VERSION_TAGS = ("tags.bench.version", "tags.bench.plugin.")
 ALPHA = 0.05
+TIMING = ("sample_time_s", "train_time_s")
+BOOKKEEPING = {"nfe", "steps", "num_params", "num_samples", "final_loss", "peak_rss_mb", "samples_per_s", "ms_per_nfe"}
+AUXILIARY = ("_ci_lo", "_ci_hi", "_sem", "_floor", "_s", "_std", "_min", "_max", "_iqr", "_nfe")
 
 
 def load_runs(experiment: str | None, uri: str | None):
@@ -438,8 +441,10 @@ def suite_comparison(uri: str, experiment: str, case_ids: Sequence[str]) -> tupl
     df, _, ignored = load_runs(experiment, uri)
     df = df[df["tags.bench.case_id"].isin(set(case_ids))]
     present = [c[len("metrics."):] for c in df.columns if c.startswith("metrics.") and df[c].notna().any()]
-    metrics = [m for m in PREFERRED if m in present] or \
-        sorted(m for m in present if not m.endswith(("_ci_lo", "_ci_hi", "_sem", "_floor")))[:4]
+    quality = [m for m in PREFERRED if m in present and m not in TIMING] or \
+        sorted(m for m in present if m not in BOOKKEEPING and not m.startswith("train_")
+               and not m.endswith(AUXILIARY))[:6]
+    metrics = quality + [m for m in TIMING if m in present]
     if df.empty or not metrics:
         return None
     varying = [a for a in _axes_in(df) if a not in REPLICATES and a != "sampler"

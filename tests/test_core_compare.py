@@ -205,3 +205,40 @@ def test_plot_with_error_bars_follows_the_rules(store, tmp_path):
                  "--group", "family", "--average", "dataset")
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 1000
+
+
+SUITE = """\
+name: cmp
+defaults:
+  train: {steps: 20, batch_size: 64, lr: 0.05}
+  eval: {num_samples: 100, batch_size: 64}
+matrix:
+  dataset: [toy2d/moons]
+  family: [fitgauss]
+  sampler: [gauss]
+  seed: [0, 1]
+metrics: [mean_err]
+"""
+
+
+def test_bench_run_logs_the_comparison_table_with_the_parent_run(workdir):
+    from bench.tracking import search_runs_frame
+    from mlflow import MlflowClient
+
+    (workdir / "suite.yaml").write_text(SUITE)
+    result = CliRunner().invoke(app, ["run", "suite.yaml", "-q", "--plugins", "bench_testplug"])
+    assert result.exit_code == 0, result.output
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    runs = search_runs_frame(uri, ["cmp"], filter_string="tags.`bench.kind` = 'suite'")
+    client = MlflowClient(tracking_uri=uri)
+    arts = {a.path for a in client.list_artifacts(runs["run_id"].iloc[0])}
+    assert {"comparison.md", "comparison.csv"} <= arts
+    local = client.download_artifacts(runs["run_id"].iloc[0], "comparison.csv", str(workdir))
+    frame = read_csv(open(local).read())
+    assert list(frame["metric"].unique()) == ["mean_err", "sample_time_s", "train_time_s"]
+    frame = frame[frame["metric"] == "mean_err"]
+    assert list(frame["sampler"]) == ["gauss"] and list(frame["n"]) == [2]
+    cases = search_runs_frame(uri, ["cmp"], filter_string="tags.`bench.kind` = 'case'")
+    gauss = cases["metrics.mean_err"]
+    assert frame["mean"].iloc[0] == pytest.approx(gauss.mean())
+    assert frame["hi"].iloc[0] == pytest.approx(t_interval(list(gauss)).hi)
