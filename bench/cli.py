@@ -236,7 +236,7 @@ def power(delta: float = typer.Option(..., "--delta", help="the difference of th
           alpha: float = typer.Option(0.05, "--alpha", help="two-sided significance level"),
           target: float = typer.Option(0.8, "--power", help="the power to reach")) -> None:
     """Seeds (and samples) a pilot run says are needed to detect --delta at 80% power."""
-    from .compare import power_report
+    from .power import power_report
 
     typer.echo(power_report(experiment, tracking_uri, metric, delta, where or [], rows, cols, average or [],
                             baseline, alpha, target))

@@ -1,4 +1,4 @@
-"""``bench compare`` and ``bench power``: read runs back from MLflow (``mlflow.search_runs`` ->
+"""``bench compare``: read runs back from MLflow (``mlflow.search_runs`` ->
 pandas), keep the latest run of each case id, and tabulate a metric with its uncertainty.
 
 Keys for rows, columns, ``--where``, ``--group`` and ``--baseline``: ``dataset``, ``family``,
@@ -19,24 +19,21 @@ Aggregation rules (docs/suites.md, "Comparing runs"):
 """
 from __future__ import annotations
 
-import io
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .compare_table import (REPLICATES, Cell, Table, csv_rows, render_csv, render_markdown, render_text,
+                            table_notes)
 from .errors import UserError, did_you_mean
-from .stats import (Z95, Difference, Interval, benjamini_hochberg, normal_seeds, paired_difference,
-                    sd_at_samples, seeds_for_power, t_interval, welch_difference)
+from .stats import Z95, Difference, Interval, benjamini_hochberg, paired_difference, t_interval, welch_difference
 from .tracking import _quiet_mlflow, resolve_uri, search_runs_frame
 
 PREFERRED = ("fid", "swd", "bpd", "nll", "kid", "mmd", "psnr", "ssim", "sample_time_s", "train_time_s")
 AXES = ("dataset", "family", "sampler", "seed", "sample_seed")
 LABELS = AXES
-REPLICATES = ("seed", "sample_seed")
 VERSION_TAGS = ("tags.bench.version", "tags.bench.plugin.")
-ALPHA = 0.05
 TIMING = ("sample_time_s", "train_time_s")
 BOOKKEEPING = {"nfe", "steps", "num_params", "num_samples", "final_loss", "peak_rss_mb", "samples_per_s", "ms_per_nfe"}
 AUXILIARY = ("_ci_lo", "_ci_hi", "_sem", "_floor", "_s", "_std", "_min", "_max", "_iqr", "_nfe")
@@ -118,29 +115,6 @@ def pick_metric(df, metric: str | None, experiment: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the table
-
-
-@dataclass
-class Cell:
-    """One (row, column) of the table: the per-seed values and their interval."""
-
-    units: dict[tuple, float]  # replicate (seed, sample_seed) -> value (mean over --average axes)
-    interval: Interval
-    mixed: dict[str, list[str]]  # version tag -> the values found in this cell
-
-
-@dataclass
-class Table:
-    metric: str
-    rows: str
-    cols: str
-    cells: dict[tuple[str, str], Cell]
-    row_order: list[str]
-    col_order: list[str]
-    averaged: list[str]
-    notes: list[str] = field(default_factory=list)
-    baseline: str | None = None
-    diffs: dict[tuple[str, str], tuple[Difference, float]] = field(default_factory=dict)
 
 
 def _axes_in(df) -> list[str]:
@@ -246,133 +220,6 @@ def add_baseline(table: Table, baseline: str) -> None:
     table.diffs = {k: (d, float(qk)) for (k, d), qk in zip(found.items(), q)}
 
 
-# ----------------------------------------------------------------------------- formatting
-
-
-def format_cell(iv: Interval) -> str:
-    if iv.kind == "t":
-        return f"{iv.mean:.4g} ± {iv.half_width:.2g} (n={iv.n})"
-    if iv.kind in ("bootstrap", "sem"):
-        return f"{iv.mean:.4g} [{iv.lo:.4g}, {iv.hi:.4g}] (n=1, {iv.kind})"
-    return f"{iv.mean:.4g} (n=1)"
-
-
-def format_diff(d: Difference, q: float) -> str:
-    mark = " *" if q <= ALPHA else ""
-    return f"{d.mean:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}] p={d.p:.2g} q={q:.2g} {d.kind}{mark}"
-
-
-def table_notes(table: Table, experiment: str, ignored: int) -> list[str]:
-    kinds = {cell.interval.kind for cell in table.cells.values()}
-    notes = [f"{table.metric} in experiment '{experiment}'; rows={table.rows}, cols={table.cols}; the latest run of "
-             f"each case id" + (f" ({ignored} older run(s) of the same cases ignored)" if ignored else "")]
-    reps = [a for a in table.averaged if a in REPLICATES]
-    others = [a for a in table.averaged if a not in REPLICATES]
-    if table.averaged:
-        notes.append("averaged over: " + ", ".join(reps + [f"{a} (--average; per seed first)" for a in others]))
-    else:
-        notes.append("averaged over: nothing (each cell is one run)")
-    if "t" in kinds:
-        notes.append("mean ± 95% half-width (n=seeds): Student-t interval over seeds")
-    if "bootstrap" in kinds:
-        notes.append(f"n=1 [lo, hi] bootstrap: the run's own 95% bootstrap interval "
-                     f"({table.metric}_ci_lo, {table.metric}_ci_hi), not a spread over seeds")
-    if "sem" in kinds:
-        notes.append(f"n=1 [lo, hi] sem: the run's own value ± 1.96 x {table.metric}_sem, not a spread over seeds")
-    if "single" in kinds:
-        notes.append("n=1 without an interval: one seed and no per-case interval logged")
-    mixed = sorted({f"{tag} ({', '.join(vals)})" for cell in table.cells.values() for tag, vals in cell.mixed.items()})
-    if mixed:
-        notes.append("† the cell mixes versions: " + "; ".join(mixed))
-    if table.baseline is not None:
-        m = len(table.diffs)
-        notes.append(f"difference vs {table.rows}={table.baseline}: mean [95% interval], p, q; paired by seed where "
-                     f"two or more seeds match, else Welch (unpaired); q = Benjamini-Hochberg adjusted p over {m} "
-                     f"comparison(s); * = q <= {ALPHA:g} (false discovery rate {ALPHA:.0%}); intervals are not adjusted")
-    return notes + table.notes
-
-
-def _grid(table: Table, text_of) -> list[list[str]]:
-    out = []
-    for r in table.row_order:
-        out.append([text_of(r, c) for c in table.col_order])
-    return out
-
-
-def _cell_text(table: Table, r: str, c: str) -> str:
-    cell = table.cells.get((r, c))
-    if cell is None:
-        return "-"
-    return format_cell(cell.interval) + (" †" if cell.mixed else "")
-
-
-def _diff_text(table: Table, r: str, c: str) -> str:
-    if r == table.baseline:
-        return "baseline"
-    if (r, c) in table.diffs:
-        return format_diff(*table.diffs[(r, c)])
-    return "-" if (r, c) not in table.cells else "n too small"
-
-
-def render_text(table: Table, notes: list[str]) -> str:
-    import pandas as pd
-
-    def block(text_of) -> str:
-        frame = pd.DataFrame(_grid(table, text_of), index=table.row_order, columns=table.col_order)
-        frame.index.name = table.rows
-        return frame.to_string()
-
-    parts = [block(lambda r, c: _cell_text(table, r, c))]
-    if table.baseline is not None:
-        parts += ["", f"difference vs {table.rows}={table.baseline}:", block(lambda r, c: _diff_text(table, r, c))]
-    return "\n".join(parts + [""] + [f"note: {n}" for n in notes])
-
-
-def render_markdown(table: Table, notes: list[str]) -> str:
-    def block(text_of, corner) -> list[str]:
-        lines = [f"| {corner} | " + " | ".join(table.col_order) + " |", "|---" * (len(table.col_order) + 1) + "|"]
-        for r, row in zip(table.row_order, _grid(table, text_of)):
-            lines.append(f"| {r} | " + " | ".join(row) + " |")
-        return lines
-
-    lines = [f"**{table.metric}**", ""] + block(lambda r, c: _cell_text(table, r, c), table.rows)
-    if table.baseline is not None:
-        lines += ["", f"difference vs {table.rows}={table.baseline}:", ""]
-        lines += block(lambda r, c: _diff_text(table, r, c), table.rows)
-    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
-
-
-def csv_rows(table: Table) -> list[dict[str, Any]]:
-    out = []
-    for r in table.row_order:
-        for c in table.col_order:
-            cell = table.cells.get((r, c))
-            if cell is None:
-                continue
-            iv = cell.interval
-            row = {"row": r, "col": c, "metric": table.metric, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi,
-                   "n": iv.n, "interval": iv.kind, "mixed_versions": "; ".join(cell.mixed)}
-            if table.baseline is not None:
-                d, q = table.diffs.get((r, c), (None, math.nan))
-                row.update({"diff": d.mean if d else math.nan, "diff_lo": d.lo if d else math.nan,
-                            "diff_hi": d.hi if d else math.nan, "p": d.p if d else math.nan, "q": q,
-                            "test": d.kind if d else ("baseline" if r == table.baseline else ""),
-                            "significant": bool(d and q <= ALPHA)})
-            out.append(row)
-    return out
-
-
-def render_csv(rows: list[dict[str, Any]], notes: list[str], row_key: str, col_key: str) -> str:
-    """Long form: one line per cell (``row``/``col`` renamed to the keys), notes as ``# `` lines
-    (read with ``pandas.read_csv(path, comment="#")``)."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows).rename(columns={"row": row_key, "col": col_key})
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    return buf.getvalue() + "".join(f"# {n}\n" for n in notes)
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -458,78 +305,3 @@ def suite_comparison(uri: str, experiment: str, case_ids: Sequence[str]) -> tupl
         records += csv_rows(table)
         notes += [n for n in table_note if n not in notes]
     return "\n\n".join(md) + "\n", render_csv(records, notes, rows, "sampler")
-
-
-def power_report(experiment, uri, metric, delta: float, where, rows, cols, average: Sequence[str] = (),
-                 baseline: str | None = None, alpha: float = 0.05, power: float = 0.8) -> str:
-    """Seeds needed to detect ``delta`` in ``metric`` (paired t, two-sided ``alpha``, ``power``) from
-    the pilot's per-seed spread, and how the sample count trades against seeds (docs/suites.md)."""
-    import numpy as np
-
-    if delta == 0 or delta != delta:
-        raise UserError("--delta must be a non-zero number")
-    if not (0 < alpha < 1 and 0 < power < 1):
-        raise UserError("--alpha and --power must lie strictly between 0 and 1")
-    df, experiment, _ = load_runs(experiment, uri)
-    df = filter_runs(df, where)
-    metric = pick_metric(df, metric, experiment)
-    table = build_table(df, rows, cols, metric, average)
-    ss, dof = 0.0, 0
-    if baseline:
-        add_baseline(table, baseline)
-        for (r, c), cell in table.cells.items():
-            base = table.cells.get((table.baseline, c))
-            common = sorted(set(cell.units) & set(base.units)) if base and r != table.baseline else []
-            if len(common) >= 2 and common != [()]:
-                d = np.array([cell.units[k] - base.units[k] for k in common])
-                ss, dof = ss + float(((d - d.mean()) ** 2).sum()), dof + len(d) - 1
-        what = f"pooled sd of the per-seed difference against {rows}={table.baseline}"
-        factor = 1.0
-    else:
-        for cell in table.cells.values():
-            v = np.array(list(cell.units.values()))
-            if len(v) >= 2:
-                ss, dof = ss + float(((v - v.mean()) ** 2).sum()), dof + len(v) - 1
-        what = "sqrt(2) x the pooled per-seed sd (two independent conditions; pairing by seed can only help)"
-        factor = math.sqrt(2)
-    if dof == 0:
-        raise UserError("power needs a pilot with at least 2 seeds in some cell"
-                        + (" matching the baseline's seeds" if baseline else ""),
-                        hint="run the pilot suite with `seeds: 3` or more")
-    sd = factor * math.sqrt(ss / dof)
-    n = seeds_for_power(sd, delta, alpha, power)
-    lines = [f"power: seeds needed to detect a difference of {delta:g} in {metric} with {power:.0%} power "
-             f"(two-sided alpha {alpha:g}, paired t approximation)",
-             f"pilot: experiment '{experiment}', {len(table.cells)} cell(s), {dof} degrees of freedom; "
-             f"per-seed sd of a difference {sd:.4g} ({what})",
-             f"seeds needed: {n} (normal approximation {normal_seeds(sd, delta, alpha, power):.1f})"]
-    lines += _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides=2)
-    return "\n".join(lines)
-
-
-def _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides: int) -> list[str]:
-    """How seeds trade against samples when the per-case interval shrinks as 1/sqrt(samples)."""
-    import numpy as np
-
-    lo, hi, sem = (df.get(f"metrics.{metric}_{s}") for s in ("ci_lo", "ci_hi", "sem"))
-    if lo is not None and hi is not None and (lo.notna() & hi.notna()).any():
-        per_case = ((hi - lo) / (2 * Z95)).dropna()
-        source = f"{metric}_ci_lo/_ci_hi"
-    elif sem is not None and sem.notna().any():
-        per_case, source = sem.dropna(), f"{metric}_sem"
-    else:
-        return [f"samples: no per-case interval ({metric}_ci_lo/_ci_hi or {metric}_sem) logged, so the "
-                f"sample-count trade-off is not available"]
-    sd_sampling = math.sqrt(paired_sides * float(np.mean(per_case.to_numpy(dtype=float) ** 2)))
-    n0_col = df.get("params.eval.num_samples")
-    n0 = float(np.median(n0_col.dropna().astype(float))) if n0_col is not None and n0_col.notna().any() else None
-    lines = [f"samples: per-case sd from {source}: {sd_sampling / math.sqrt(paired_sides):.4g} per run, "
-             f"{sd_sampling:.4g} for a difference"
-             + (f", at {n0:g} samples" if n0 else "") + "; assumed to scale as 1/sqrt(samples)"]
-    if sd_sampling > sd:
-        lines.append("  (the per-case sd exceeds the per-seed sd: training noise taken as 0)")
-    lines.append(f"  {'samples' if n0 else 'x pilot samples':>16}  {'sd of difference':>16}  {'seeds needed':>12}")
-    for f in (0.25, 0.5, 1, 2, 4, 8):
-        sd_n = sd_at_samples(sd, sd_sampling, 1.0, f)
-        lines.append(f"  {(f'{f * n0:g}' if n0 else f'{f:g}'):>16}  {sd_n:16.4g}  {seeds_for_power(sd_n, delta, alpha, power):12d}")
-    return lines
