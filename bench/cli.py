@@ -200,7 +200,8 @@ def ref(target: str = typer.Argument(..., help="a suite YAML, or a dataset name 
 @guarded
 def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="experiment (= suite name)"),
             tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
-            rows: str = typer.Option("family", "--rows", help="row key: dataset|family|sampler|seed|<param>"),
+            rows: Optional[str] = typer.Option(None, "--rows", help="row key: dataset|family|sampler|seed|<param>; "
+                                               "default: every varying axis but seeds and --cols"),
             cols: str = typer.Option("sampler", "--cols", help="column key"),
             metric: Optional[str] = typer.Option(None, "--metric", "-m", help="metric to tabulate"),
             where: Optional[List[str]] = typer.Option(None, "--where", help="filter, e.g. dataset=digits8"),
@@ -227,7 +228,7 @@ def power(delta: float = typer.Option(..., "--delta", help="the difference of th
           experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="the pilot's experiment"),
           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
           metric: Optional[str] = typer.Option(None, "--metric", "-m", help="metric"),
-          rows: str = typer.Option("family", "--rows", help="row key (cells as in bench compare)"),
+          rows: Optional[str] = typer.Option(None, "--rows", help="row key (cells as in bench compare)"),
           cols: str = typer.Option("sampler", "--cols", help="column key"),
           where: Optional[List[str]] = typer.Option(None, "--where", help="filter, e.g. dataset=digits8"),
           average: Optional[List[str]] = typer.Option(None, "--average", help="also average over this axis"),

@@ -121,6 +121,15 @@ def _axes_in(df) -> list[str]:
     return [a for a in AXES if f"tags.bench.{a}" in df.columns]
 
 
+def default_rows(df, cols: str, average: Sequence[str] = ()) -> str:
+    """The rows when none are given: every axis that varies (seeds, the ``cols`` keys and the
+    ``--average`` axes excepted), joined with ``+``; the default table averages over seeds only."""
+    taken = {k.split(".")[0] for k in cols.split("+")} | set(average)
+    varying = [a for a in _axes_in(df) if a not in REPLICATES and a not in taken
+               and df[f"tags.bench.{a}"].nunique() > 1]
+    return "+".join(varying) or "family"
+
+
 def _check_average(df, average: Sequence[str]) -> None:
     axes = _axes_in(df)
     for name in average:
@@ -230,6 +239,7 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
     df, experiment, ignored = load_runs(experiment, uri)
     df = filter_runs(df, where)
     metric = pick_metric(df, metric, experiment)
+    rows = rows or (baseline.split("=", 1)[0] if baseline and "=" in baseline else default_rows(df, cols, average))
     table = build_table(df, rows, cols, metric, average)
     if baseline:
         add_baseline(table, baseline)
@@ -294,9 +304,7 @@ def suite_comparison(uri: str, experiment: str, case_ids: Sequence[str]) -> tupl
     metrics = quality + [m for m in TIMING if m in present]
     if df.empty or not metrics:
         return None
-    varying = [a for a in _axes_in(df) if a not in REPLICATES and a != "sampler"
-               and df[f"tags.bench.{a}"].nunique() > 1]
-    rows = "+".join(varying) or "family"
+    rows = default_rows(df, "sampler")
     md, records, notes = [], [], []
     for metric in metrics:
         table = build_table(df, rows, "sampler", metric)

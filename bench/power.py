@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .compare import add_baseline, build_table, filter_runs, load_runs, pick_metric
+from .compare import add_baseline, build_table, default_rows, filter_runs, load_runs, pick_metric
 from .errors import UserError
 from .stats import Z95, normal_seeds, sd_at_samples, seeds_for_power
 
@@ -32,6 +32,7 @@ def power_report(experiment, uri, metric, delta: float, where, rows, cols, avera
     df, experiment, _ = load_runs(experiment, uri)
     df = filter_runs(df, where)
     metric = pick_metric(df, metric, experiment)
+    rows = rows or (baseline.split("=", 1)[0] if baseline and "=" in baseline else default_rows(df, cols, average))
     table = build_table(df, rows, cols, metric, average)
     ss, dof = 0.0, 0
     if baseline:
@@ -49,7 +50,8 @@ def power_report(experiment, uri, metric, delta: float, where, rows, cols, avera
             v = np.array(list(cell.units.values()))
             if len(v) >= 2:
                 ss, dof = ss + float(((v - v.mean()) ** 2).sum()), dof + len(v) - 1
-        what = "sqrt(2) x the pooled per-seed sd (two independent conditions; pairing by seed can only help)"
+        what = ("sqrt(2) x the pooled per-seed sd: two independent conditions; pairing by seed helps only "
+                "where seeds correlate, see --baseline")
         factor = math.sqrt(2)
     if dof == 0:
         raise UserError("power needs a pilot with at least 2 seeds in some cell"

@@ -67,11 +67,19 @@ def read_csv(text):
 
 
 def test_refuses_to_average_over_an_axis_not_named(store):
-    result = cli(store, "compare", "--metric", "fid")  # rows=family, cols=sampler: datasets would be mixed
+    result = cli(store, "compare", "--metric", "fid", "--rows", "family")  # datasets would be mixed
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "would average over dataset (2 values: d1, d2)" in lines[0]
     assert "--average dataset" in lines[0] and "Traceback" not in result.output
+
+
+def test_default_rows_are_every_varying_axis_but_seeds(store):
+    result = cli(store, "compare", "--metric", "fid", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    frame = read_csv(result.output)
+    assert frame.columns[0] == "dataset+family" and set(frame["n"]) == {2, 3}
+    assert "averaged over: seed" in result.output
 
 
 def test_latest_run_per_case_id_mean_interval_and_n(store):
@@ -198,11 +206,10 @@ def test_power_from_the_pilot_spread_and_sample_tradeoff(store):
 
 def test_plot_with_error_bars_follows_the_rules(store, tmp_path):
     out = tmp_path / "p.png"
-    refused = cli(store, "compare", "--metric", "fid", "--rows", "dataset+family", "--plot", str(out),
-                  "--group", "family")
+    refused = cli(store, "compare", "--metric", "fid", "--plot", str(out), "--group", "family")
     assert refused.exit_code == 2 and "average over dataset" in refused.output
-    result = cli(store, "compare", "--metric", "fid", "--rows", "dataset+family", "--plot", str(out),
-                 "--group", "family", "--average", "dataset")
+    result = cli(store, "compare", "--metric", "fid", "--plot", str(out), "--group", "family",
+                 "--average", "dataset")
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 1000
 
