@@ -249,3 +249,23 @@ def test_bench_run_logs_the_comparison_table_with_the_parent_run(workdir):
     gauss = cases["metrics.mean_err"]
     assert frame["mean"].iloc[0] == pytest.approx(gauss.mean())
     assert frame["hi"].iloc[0] == pytest.approx(t_interval(list(gauss)).hi)
+
+
+def test_line_plot_draws_the_intervals_as_error_bars(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from bench.plots import line_plot
+
+    seen = []
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kw):
+        seen.append(None if yerr is None else np.asarray(yerr).tolist())
+        return real(self, x, y, yerr=yerr, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    frame = pd.DataFrame({"g": ["a", "a", "b"], "x": [1.0, 2.0, 1.0], "y": [3.0, 2.0, 5.0],
+                          "lo": [2.5, 1.0, math.nan], "hi": [3.2, 2.5, math.nan]})
+    line_plot(frame, "x", "y", "g", tmp_path / "p.png", lo="lo", hi="hi")
+    assert np.allclose(seen[0], [[0.5, 1.0], [0.2, 0.5]])
+    assert seen[1] is None  # no interval in group b: no bars
