@@ -269,3 +269,19 @@ def test_line_plot_draws_the_intervals_as_error_bars(tmp_path, monkeypatch):
     line_plot(frame, "x", "y", "g", tmp_path / "p.png", lo="lo", hi="hi")
     assert np.allclose(seen[0], [[0.5, 1.0], [0.2, 0.5]])
     assert seen[1] is None  # no interval in group b: no bars
+
+
+def test_sem_interval_at_one_seed_and_runs_without_a_value():
+    from bench.compare import build_table
+    from bench.compare_table import table_notes
+
+    df = pd.DataFrame({"tags.bench.dataset": ["d", "d", "d"], "tags.bench.family": ["f", "f", "g"],
+                       "tags.bench.sampler": ["none"] * 3, "tags.bench.seed": ["0", "1", "0"],
+                       "metrics.bpd": [2.0, math.nan, 3.0], "metrics.bpd_sem": [0.01, 0.02, math.nan]})
+    table = build_table(df, "family", "sampler", "bpd")
+    f = table.cells[("f", "none")].interval
+    assert (f.kind, f.n) == ("sem", 1) and f.lo == pytest.approx(2.0 - 1.959964 * 0.01, abs=1e-6)
+    assert table.cells[("g", "none")].interval.kind == "single"
+    notes = table_notes(table, "e", 0)
+    assert "1 run(s) without a value for bpd left out (failed or not measured)" in notes
+    assert any("value ± 1.96 x bpd_sem" in n for n in notes)
