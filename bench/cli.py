@@ -1,4 +1,4 @@
-"""The ``bench`` command line: run, validate, plugins, ref, compare, ui, log, new-plugin.
+"""The ``bench`` command line: run, validate, plugins, ref, compare, power, ui, log, new-plugin.
 
 Every user error ends as one line on stderr (``file:line:col: error: ...``) and exit code 2; a
 failing case makes ``bench run`` exit 1; an internal error prints a one-line summary (set
@@ -200,20 +200,47 @@ def ref(target: str = typer.Argument(..., help="a suite YAML, or a dataset name 
 @guarded
 def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="experiment (= suite name)"),
             tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
-            rows: str = typer.Option("family", "--rows", help="row key: dataset|family|sampler|seed|<param>"),
+            rows: Optional[str] = typer.Option(None, "--rows", help="row key: dataset|family|sampler|seed|<param>; "
+                                               "default: every varying axis but seeds and --cols"),
             cols: str = typer.Option("sampler", "--cols", help="column key"),
             metric: Optional[str] = typer.Option(None, "--metric", "-m", help="metric to tabulate"),
             where: Optional[List[str]] = typer.Option(None, "--where", help="filter, e.g. dataset=digits8"),
+            average: Optional[List[str]] = typer.Option(None, "--average", help="also average over this axis "
+                                                        "(e.g. dataset; repeatable); seeds are always averaged"),
+            baseline: Optional[str] = typer.Option(None, "--baseline", help="KEY=VALUE of the --rows key, e.g. "
+                                                   "family=ddpm: add each row's difference against it"),
             fmt: str = typer.Option("table", "--format", help="table | markdown | csv"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the table here"),
             plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG: metric against --x per --group"),
             x: str = typer.Option("nfe", "--x", help="x axis of --plot (a metric, e.g. nfe or train_time_s)"),
             group: str = typer.Option("family+sampler.name", "--group", help="one line per value of this key")) -> None:
-    """Pivot the runs of an experiment into a table (and optionally a plot)."""
+    """Tabulate a metric over runs: mean ± 95% interval over seeds, differences against a baseline."""
     from .compare import compare_runs
 
-    text = compare_runs(experiment, tracking_uri, rows, cols, metric, where or [], fmt, output, plot, x, group)
+    text = compare_runs(experiment, tracking_uri, rows, cols, metric, where or [], fmt, output, plot, x, group,
+                        average=average or [], baseline=baseline)
     typer.echo(text)
+
+
+@app.command()
+@guarded
+def power(delta: float = typer.Option(..., "--delta", help="the difference of the metric to detect"),
+          experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="the pilot's experiment"),
+          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+          metric: Optional[str] = typer.Option(None, "--metric", "-m", help="metric"),
+          rows: Optional[str] = typer.Option(None, "--rows", help="row key (cells as in bench compare)"),
+          cols: str = typer.Option("sampler", "--cols", help="column key"),
+          where: Optional[List[str]] = typer.Option(None, "--where", help="filter, e.g. dataset=digits8"),
+          average: Optional[List[str]] = typer.Option(None, "--average", help="also average over this axis"),
+          baseline: Optional[str] = typer.Option(None, "--baseline", help="KEY=VALUE: use the spread of the "
+                                                 "paired differences against this row"),
+          alpha: float = typer.Option(0.05, "--alpha", help="two-sided significance level"),
+          target: float = typer.Option(0.8, "--power", help="the power to reach")) -> None:
+    """Seeds (and samples) a pilot run says are needed to detect --delta at 80% power."""
+    from .power import power_report
+
+    typer.echo(power_report(experiment, tracking_uri, metric, delta, where or [], rows, cols, average or [],
+                            baseline, alpha, target))
 
 
 @app.command()

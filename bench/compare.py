@@ -1,23 +1,47 @@
-"""``bench compare``: read runs back from MLflow (``mlflow.search_runs`` -> pandas) and pivot them.
+"""``bench compare``: read runs back from MLflow (``mlflow.search_runs`` ->
+pandas), keep the latest run of each case id, and tabulate a metric with its uncertainty.
 
-Keys for rows, columns, ``--where`` and ``--group``: ``dataset``, ``family``, ``sampler``, ``seed``
-(the case labels), any dotted param (``sampler.name``, ``sampler.steps``, ``family.noise.name``), a
-tag or a metric; ``a+b`` joins several keys. When a case was run more than once, its latest run wins.
+Keys for rows, columns, ``--where``, ``--group`` and ``--baseline``: ``dataset``, ``family``,
+``sampler``, ``seed``, ``sample_seed`` (the case labels, also the *axes* of a suite), any dotted
+param (``sampler.name``, ``sampler.steps``), a tag or a metric; ``a+b`` joins several keys.
+
+Aggregation rules (docs/suites.md, "Comparing runs"):
+
+- only the latest run of each case id counts (an older run of the same case, e.g. from an older
+  plugin version, is ignored); a cell whose runs carry different ``bench.version`` /
+  ``bench.plugin.*`` / ``bench.version.*`` tags is flagged;
+- seeds (``seed``, ``sample_seed``) are the replicates: a cell is the mean over its seeds with a
+  95% Student-t interval (bench.stats); any other axis that takes several values inside one cell
+  must be named in ``--average`` (per seed, its values are averaged first), otherwise the table is
+  refused;
+- ``--baseline KEY=VALUE`` adds each row's difference against the baseline row (bench.stats:
+  paired by seed, else Welch), with Benjamini-Hochberg adjusted p-values over all comparisons.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from .compare_table import (REPLICATES, Cell, Table, csv_rows, render_csv, render_markdown, render_text,
+                            table_notes)
 from .errors import UserError, did_you_mean
+from .stats import Z95, Difference, Interval, benjamini_hochberg, paired_difference, t_interval, welch_difference
 from .tracking import _quiet_mlflow, resolve_uri, search_runs_frame
 
 PREFERRED = ("fid", "swd", "bpd", "nll", "kid", "mmd", "psnr", "ssim", "sample_time_s", "train_time_s")
-LABELS = ("dataset", "family", "sampler", "seed")
+AXES = ("dataset", "family", "sampler", "seed", "sample_seed")
+LABELS = AXES
+VERSION_TAGS = ("tags.bench.version", "tags.bench.plugin.")
+TIMING = ("sample_time_s", "train_time_s")
+BOOKKEEPING = {"nfe", "steps", "num_params", "num_samples", "final_loss", "peak_rss_mb", "samples_per_s", "ms_per_nfe"}
+AUXILIARY = ("_ci_lo", "_ci_hi", "_sem", "_floor", "_s", "_std", "_min", "_max", "_iqr", "_nfe")
 
 
 def load_runs(experiment: str | None, uri: str | None):
+    """``(runs, experiment, ignored)``: the latest case run of each case id, and how many older
+    runs of the same case ids were ignored."""
     _quiet_mlflow()
     from mlflow import MlflowClient
 
@@ -39,7 +63,8 @@ def load_runs(experiment: str | None, uri: str | None):
                            max_results=50000, order_by=["attributes.start_time DESC"])
     if df.empty:
         raise UserError(f"experiment '{experiment}' has no case runs")
-    return df.drop_duplicates(subset=["tags.bench.case_hash"], keep="first"), experiment
+    latest = df.drop_duplicates(subset=["tags.bench.case_id"], keep="first")
+    return latest, experiment, len(df) - len(latest)
 
 
 def natural_key(text: Any) -> list:
@@ -59,24 +84,13 @@ def resolve_key(df, key: str) -> Any:
     for col in ([f"tags.bench.{key}"] if key in LABELS else []) + [f"params.{key}", f"tags.{key}", f"metrics.{key}"]:
         if col in df.columns:
             return df[col].astype(str).where(df[col].notna(), "-")
-    known = list(LABELS) + [c.split(".", 1)[1] for c in df.columns if c.startswith(("params.", "metrics."))]
+    known = [a for a in LABELS if f"tags.bench.{a}" in df.columns] + \
+        [c.split(".", 1)[1] for c in df.columns if c.startswith(("params.", "metrics."))]
     close = did_you_mean(key, known)
     raise UserError(f"unknown key '{key}'", hint=f"did you mean '{close}'?" if close else "try dataset, family, sampler")
 
 
-def _markdown(pivot) -> str:
-    cols = [str(c) for c in pivot.columns]
-    lines = [f"| {pivot.index.name or ''} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for idx, row in pivot.iterrows():
-        cells = ["" if v != v else f"{v:.4g}" for v in row.values]
-        lines.append(f"| {idx} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, x, group) -> str:
-    if fmt not in ("table", "markdown", "csv"):
-        raise UserError(f"--format must be table, markdown or csv, not '{fmt}'")
-    df, experiment = load_runs(experiment, uri)
+def filter_runs(df, where: Sequence[str]):
     for cond in where:
         if "=" not in cond:
             raise UserError(f"--where expects key=value, got '{cond}'")
@@ -84,6 +98,10 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
         df = df[resolve_key(df, k) == v]
     if df.empty:
         raise UserError("no runs match the --where filters")
+    return df
+
+
+def pick_metric(df, metric: str | None, experiment: str) -> str:
     metrics = [c[len("metrics."):] for c in df.columns if c.startswith("metrics.") and df[c].notna().any()]
     if metric is None:
         metric = next((m for m in PREFERRED if m in metrics), None)
@@ -93,31 +111,205 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
         close = did_you_mean(metric, metrics)
         raise UserError(f"no metric '{metric}' in experiment '{experiment}'",
                         hint=f"did you mean '{close}'?" if close else f"metrics: {', '.join(sorted(metrics))}")
+    return metric
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _axes_in(df) -> list[str]:
+    return [a for a in AXES if f"tags.bench.{a}" in df.columns]
+
+
+def default_rows(df, cols: str, average: Sequence[str] = ()) -> str:
+    """The rows when none are given: every axis that varies (seeds, the ``cols`` keys and the
+    ``--average`` axes excepted), joined with ``+``; the default table averages over seeds only."""
+    taken = {k.split(".")[0] for k in cols.split("+")} | set(average)
+    varying = [a for a in _axes_in(df) if a not in REPLICATES and a not in taken
+               and df[f"tags.bench.{a}"].nunique() > 1]
+    return "+".join(varying) or "family"
+
+
+def _check_average(df, average: Sequence[str]) -> None:
+    axes = _axes_in(df)
+    for name in average:
+        if name not in axes:
+            close = did_you_mean(name, axes)
+            raise UserError(f"--average: '{name}' is not an axis of these runs",
+                            hint=f"did you mean '{close}'?" if close else f"axes: {', '.join(axes)}")
+
+
+def _averaged_axes(frame, axes: list[str]) -> dict[str, list[str]]:
+    """Axis -> its values, for every axis that takes several values inside some cell."""
+    out: dict[str, list[str]] = {}
+    for axis in axes:
+        counts = frame.groupby(["_row", "_col"])[f"tags.bench.{axis}"].nunique(dropna=False)
+        if (counts > 1).any():
+            out[axis] = sorted(frame[f"tags.bench.{axis}"].dropna().astype(str).unique(), key=natural_key)
+    return out
+
+
+def _per_case_interval(run, metric: str, value: float) -> Interval:
+    lo, hi = run.get(f"metrics.{metric}_ci_lo"), run.get(f"metrics.{metric}_ci_hi")
+    if lo is not None and hi is not None and lo == lo and hi == hi:
+        return Interval(value, float(lo), float(hi), 1, "bootstrap")
+    sem = run.get(f"metrics.{metric}_sem")
+    if sem is not None and sem == sem:
+        return Interval(value, value - Z95 * float(sem), value + Z95 * float(sem), 1, "sem")
+    return Interval(value, math.nan, math.nan, 1, "single")
+
+
+def build_table(df, rows: str, cols: str, metric: str, average: Sequence[str] = ()) -> Table:
+    """Cells of ``metric`` by ``rows`` x ``cols`` under the aggregation rules (module docstring)."""
+    _check_average(df, average)
+    value = f"metrics.{metric}"
     frame = df.assign(_row=resolve_key(df, rows), _col=resolve_key(df, cols))
-    pivot = frame.pivot_table(index="_row", columns="_col", values=f"metrics.{metric}", aggfunc="mean")
-    pivot = pivot.loc[sorted(pivot.index, key=natural_key), sorted(pivot.columns, key=natural_key)]
-    pivot.index.name = rows
-    pivot.columns.name = None
+    missing = int(frame[value].isna().sum()) if value in frame.columns else len(frame)
+    frame = frame[frame[value].notna()] if value in frame.columns else frame.iloc[0:0]
+    if frame.empty:
+        raise UserError(f"no run has a value for '{metric}'")
+    axes = _axes_in(frame)
+    averaged = _averaged_axes(frame, axes)
+    refused = [a for a in averaged if a not in REPLICATES and a not in average]
+    if refused:
+        a = refused[0]
+        shown = ", ".join(averaged[a][:4]) + (", ..." if len(averaged[a]) > 4 else "")
+        raise UserError(f"the table would average over {a} ({len(averaged[a])} values: {shown})",
+                        hint=f"put it in the rows or columns (e.g. --rows {a}+{rows}), filter with "
+                             f"--where {a}=VALUE, or average it explicitly with --average {a}")
+    replicates = [a for a in REPLICATES if a in axes]
+    version_cols = [c for c in frame.columns if c.startswith(VERSION_TAGS)]
+    cells: dict[tuple[str, str], Cell] = {}
+    for (r, c), sub in frame.groupby(["_row", "_col"]):
+        if replicates:
+            grouped = sub.groupby([f"tags.bench.{a}" for a in replicates], dropna=False)[value].mean()
+            units = {(k if isinstance(k, tuple) else (k,)): float(v) for k, v in grouped.items()}
+        else:
+            units = {(): float(sub[value].mean())}
+        if len(units) >= 2:
+            interval = t_interval(list(units.values()))
+        else:
+            v = next(iter(units.values()))
+            interval = _per_case_interval(sub.iloc[0], metric, v) if len(sub) == 1 else Interval(v, math.nan, math.nan, 1, "single")
+        mixed = {col[len("tags."):]: sorted(sub[col].fillna("-").astype(str).unique())
+                 for col in version_cols if sub[col].fillna("-").nunique() > 1}
+        cells[(r, c)] = Cell(units, interval, mixed)
+    table = Table(metric, rows, cols, cells, sorted({k[0] for k in cells}, key=natural_key),
+                  sorted({k[1] for k in cells}, key=natural_key), list(averaged))
+    if missing:
+        table.notes.append(f"{missing} run(s) without a value for {metric} left out (failed or not measured)")
+    return table
+
+
+def add_baseline(table: Table, baseline: str) -> None:
+    """For each row other than the baseline row, the difference against it in every column, with
+    Benjamini-Hochberg adjusted p-values over all the comparisons."""
+    if "=" not in baseline:
+        raise UserError(f"--baseline expects KEY=VALUE (e.g. family=ddpm), got '{baseline}'")
+    key, val = baseline.split("=", 1)
+    if key != table.rows:
+        raise UserError(f"--baseline compares rows, so its key must be the --rows key '{table.rows}', not '{key}'",
+                        hint=f"pass --rows {key}")
+    if val not in table.row_order:
+        close = did_you_mean(val, table.row_order)
+        raise UserError(f"--baseline: no row '{val}'",
+                        hint=f"did you mean '{close}'?" if close else f"rows: {', '.join(table.row_order)}")
+    table.baseline = val
+    found: dict[tuple[str, str], Difference] = {}
+    for (r, c), cell in table.cells.items():
+        base = table.cells.get((val, c))
+        if r == val or base is None:
+            continue
+        common = sorted(set(cell.units) & set(base.units))
+        if len(common) >= 2 and common != [()]:
+            found[(r, c)] = paired_difference([cell.units[k] for k in common], [base.units[k] for k in common])
+        elif len(cell.units) >= 2 and len(base.units) >= 2:
+            found[(r, c)] = welch_difference(list(cell.units.values()), list(base.units.values()))
+    q = benjamini_hochberg([d.p for d in found.values()])
+    table.diffs = {k: (d, float(qk)) for (k, d), qk in zip(found.items(), q)}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, x, group,
+                 average: Sequence[str] = (), baseline: str | None = None) -> str:
+    if fmt not in ("table", "markdown", "csv"):
+        raise UserError(f"--format must be table, markdown or csv, not '{fmt}'")
+    df, experiment, ignored = load_runs(experiment, uri)
+    df = filter_runs(df, where)
+    metric = pick_metric(df, metric, experiment)
+    rows = rows or (baseline.split("=", 1)[0] if baseline and "=" in baseline else default_rows(df, cols, average))
+    table = build_table(df, rows, cols, metric, average)
+    if baseline:
+        add_baseline(table, baseline)
+    notes = table_notes(table, experiment, ignored)
     if fmt == "csv":
-        text = pivot.to_csv()
+        text = render_csv(csv_rows(table), notes, rows, cols).rstrip("\n")
     elif fmt == "markdown":
-        text = _markdown(pivot)
+        text = render_markdown(table, notes)
     else:
-        text = f"{metric} ({experiment}; rows={rows}, cols={cols}; mean over seeds)\n" + \
-            pivot.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-")
+        text = render_text(table, notes)
     if output:
         Path(output).write_text(text + "\n")
     if plot:
-        from .plots import line_plot
-
-        if f"metrics.{x}" not in df.columns:
-            raise UserError(f"--x: no metric '{x}'", hint=f"metrics: {', '.join(sorted(metrics))}")
-        pf = frame.assign(_group=resolve_key(df, group))[["_group", f"metrics.{x}", f"metrics.{metric}"]].dropna()
-        pf = pf.groupby(["_group", f"metrics.{x}"], as_index=False).mean()
-        pf.columns = [group, x, metric]
-        floor_col = f"metrics.{metric}_floor"
-        floor = float(frame[floor_col].mean()) if floor_col in frame.columns else None
-        line_plot(pf, x, metric, group, Path(plot), title=f"{experiment}: {metric} vs {x}", logx=(x == "nfe"),
-                  floor=floor)
-        text += f"\nplot: {plot}"
+        text += f"\nplot: {write_plot(df, experiment, metric, x, group, Path(plot), average)}"
     return text
+
+
+def write_plot(df, experiment: str, metric: str, x: str, group: str, path: Path, average: Sequence[str]) -> Path:
+    """``metric`` against ``x`` (a metric, e.g. nfe), one line per ``group``, with 95% error bars;
+    each point follows the table's aggregation rules."""
+    import pandas as pd
+
+    from .plots import line_plot
+
+    if f"metrics.{x}" not in df.columns:
+        metrics = sorted(c[len("metrics."):] for c in df.columns if c.startswith("metrics."))
+        raise UserError(f"--x: no metric '{x}'", hint=f"metrics: {', '.join(metrics)}")
+    table = build_table(df[df[f"metrics.{x}"].notna()], group, x, metric, average)
+    points = pd.DataFrame([{group: r, x: float(c), metric: cell.interval.mean, "lo": cell.interval.lo,
+                            "hi": cell.interval.hi} for (r, c), cell in table.cells.items()])
+    floor_col = f"metrics.{metric}_floor"
+    floor = float(df[floor_col].mean()) if floor_col in df.columns else None
+    line_plot(points, x, metric, group, path, title=f"{experiment}: {metric} vs {x} (95% intervals)",
+              logx=(x == "nfe"), floor=floor, lo="lo", hi="hi")
+    return path
+
+
+def write_suite_comparison(uri: str, experiment: str, case_ids: Sequence[str], results_dir: Path,
+                           echo=print) -> None:
+    """End of ``bench run``: write ``comparison.md`` and ``comparison.csv`` into the results directory
+    (the parent run logs them as artifacts). A failure here only warns: the cases are done."""
+    try:
+        tables = suite_comparison(uri, experiment, case_ids)
+    except Exception as exc:  # noqa: BLE001 (e.g. an axis that cannot be tabulated without --average)
+        echo(f"bench: no comparison table ({exc})")
+        return
+    if tables is not None:
+        (results_dir / "comparison.md").write_text(tables[0])
+        (results_dir / "comparison.csv").write_text(tables[1])
+
+
+def suite_comparison(uri: str, experiment: str, case_ids: Sequence[str]) -> tuple[str, str] | None:
+    """The comparison tables of one suite (markdown, csv) for its parent run: every preferred metric,
+    sampler as columns, the other varying axes (not seeds) as rows, averaged over seeds only.
+    None when no case has a preferred metric."""
+    df, _, ignored = load_runs(experiment, uri)
+    df = df[df["tags.bench.case_id"].isin(set(case_ids))]
+    present = [c[len("metrics."):] for c in df.columns if c.startswith("metrics.") and df[c].notna().any()]
+    quality = [m for m in PREFERRED if m in present and m not in TIMING] or \
+        sorted(m for m in present if m not in BOOKKEEPING and not m.startswith("train_")
+               and not m.endswith(AUXILIARY))[:6]
+    metrics = quality + [m for m in TIMING if m in present]
+    if df.empty or not metrics:
+        return None
+    rows = default_rows(df, "sampler")
+    md, records, notes = [], [], []
+    for metric in metrics:
+        table = build_table(df, rows, "sampler", metric)
+        table_note = table_notes(table, experiment, ignored)
+        md.append(render_markdown(table, table_note))
+        records += csv_rows(table)
+        notes += [n for n in table_note if n not in notes]
+    return "\n\n".join(md) + "\n", render_csv(records, notes, rows, "sampler")

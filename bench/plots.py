@@ -82,16 +82,23 @@ def loss_curve(points: Sequence[Sequence[float]], path: Path, title: str = "") -
 
 
 def line_plot(frame, x: str, y: str, group: str, path: Path, title: str = "", logx: bool = False,
-              floor: float | None = None) -> None:
+              floor: float | None = None, lo: str | None = None, hi: str | None = None) -> None:
     """One line per value of ``group``: the standard "metric against NFE per sampler" picture.
     The y axis turns logarithmic when the values span more than two decades; ``floor`` (e.g. the
-    mean ``swd_floor``) is drawn as a dashed line."""
+    mean ``swd_floor``) is drawn as a dashed line; the columns ``lo`` and ``hi`` (an interval
+    around ``y``, NaN where there is none) are drawn as error bars."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     styles = ["-", "--", ":", "-."]
     for i, (key, sub) in enumerate(frame.groupby(group)):
         sub = sub.sort_values(x)
-        ax.plot(sub[x], sub[y], marker="o", markersize=3.5, linestyle=styles[(i // 10) % len(styles)],
-                label=str(key))
+        yerr = None
+        if lo and hi:
+            below = (sub[y] - sub[lo]).to_numpy(dtype=float)
+            above = (sub[hi] - sub[y]).to_numpy(dtype=float)
+            if np.isfinite(below).any():
+                yerr = np.nan_to_num(np.vstack([below, above]), nan=0.0)
+        ax.errorbar(sub[x], sub[y], yerr=yerr, marker="o", markersize=3.5, capsize=2.5,
+                    linestyle=styles[(i // 10) % len(styles)], label=str(key))
     if floor is not None and np.isfinite(floor):
         ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"{y}_floor")
     values = frame[y].to_numpy(dtype=float)

@@ -123,6 +123,10 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     (results_dir / "records.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "series"} for r in records], indent=1, default=str))
     manager.hook.bench_suite_finished(suite=suite, records=records, results_dir=str(results_dir))
+    if not interrupted:  # comparison.md/.csv: logged with the parent run's artifacts just below
+        from .compare import write_suite_comparison
+
+        write_suite_comparison(tracker.uri, tracker.experiment, [r["case_id"] for r in records], results_dir, echo)
     status = "KILLED" if interrupted else ("FAILED" if failed else "FINISHED")
     tracker.end_parent(status, {"cases_ok": float(len(records) - len(failed)), "cases_failed": float(len(failed))},
                        results_dir if not interrupted else None)

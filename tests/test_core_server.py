@@ -67,7 +67,7 @@ def run_against(url: str, workdir: Path):
     # and compare reads from it
     table = CliRunner().invoke(app, ["compare", "-e", "served", "--tracking-uri", url, "--metric", "mean_err",
                                      "--format", "csv"])
-    assert table.exit_code == 0 and table.output.startswith("family,gauss,gauss[steps=5]")
+    assert table.exit_code == 0 and table.output.startswith("family,sampler,metric,mean,lo,hi,n")
 
 
 def test_suite_over_http_with_sqlite_backend(workdir):
