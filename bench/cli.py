@@ -271,10 +271,11 @@ def _check_contained(results_dir: Path) -> None:
         if not isinstance(record, dict):
             raise UserError(f"{path}: refused: a case record must be a JSON object")
         case_dir = record.get("case_dir")
-        # relog uploads the record's own directory; a case_dir naming another existing place is crafted
-        # (a stale one, from a results directory that was moved, is harmless)
-        if case_dir is not None and (not isinstance(case_dir, str) or "\0" in case_dir or (
-                Path(case_dir).exists() and os.path.realpath(case_dir) != os.path.realpath(path.parent))):
+        # relog uploads the record's own directory whatever case_dir says; a case_dir that names another
+        # case directory than this one (.../cases/<this slug>, e.g. before the results were moved) is crafted
+        if case_dir is not None and (not isinstance(case_dir, str) or "\0" in case_dir
+                                     or Path(case_dir).parts[-2:] != path.parent.parts[-2:]
+                                     or ".." in Path(case_dir).parts):
             raise UserError(f"{path}: refused: case_dir {str(case_dir)[:200]!r} is not this record's directory")
         artifacts = record.get("artifacts") or []
         for name in artifacts if isinstance(artifacts, list) else [artifacts]:

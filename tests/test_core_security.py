@@ -35,6 +35,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory) -> Path:
+    """One MLflow database for the module: creating one costs seconds (schema migrations)."""
+    return tmp_path_factory.mktemp("mlflow") / "m.db"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, shared_db) -> Path:
+    """A results directory of one finished case (copied by the tests that tamper with it)."""
+    root = tmp_path_factory.mktemp("run")
+    (root / "s.yaml").write_text(SUITE)
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(app, ["run", "s.yaml", "-q", "--tracking-uri", f"sqlite:///{shared_db}",
+                                          "--plugins", "bench_testplug"])
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 0, result.output
+    return next(root.glob("results/sec/*"))
+
+
 def one_line(result) -> str:
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1, result.output
@@ -80,7 +102,7 @@ def test_ordinary_keys_are_not_secret(key):
     assert not SECRET_KEY.search(key)
 
 
-def test_mlflow_run_url_lines_are_switched_off(workdir, monkeypatch, capsys):
+def test_mlflow_run_url_lines_are_switched_off(shared_db, monkeypatch, capsys):
     """MLflow 3 writes 'View run NAME at: URL' (the URL with the credentials) to stdout for an HTTP
     store; bench switches that off once it talks to MLflow."""
     from mlflow.store.tracking.rest_store import RestStore
@@ -89,7 +111,7 @@ def test_mlflow_run_url_lines_are_switched_off(workdir, monkeypatch, capsys):
     from bench.tracking import Tracker
 
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
-    Tracker(f"sqlite:///{workdir / 'm.db'}", "quiet")
+    Tracker(f"sqlite:///{shared_db}", "quiet")
 
     class Run:
         class info:
@@ -174,7 +196,7 @@ def _everything_mlflow_holds(db: Path) -> str:
     return "\n".join(rows)
 
 
-def test_no_credential_reaches_output_params_tags_metrics_or_artifacts(workdir, monkeypatch):
+def test_no_credential_reaches_output_params_tags_metrics_or_artifacts(workdir, monkeypatch, shared_db):
     """A password in the suite's tracking URI and secret-looking metric parameters: none of their
     values appears in the output, MLflow (params, tags, metric names, run names), its artifacts,
     or the suite.yaml written to the results directory."""
@@ -184,14 +206,15 @@ def test_no_credential_reaches_output_params_tags_metrics_or_artifacts(workdir, 
     suite = SUITE.replace("metrics: [mean_err]", f"metrics: [mean_err, {{name: keyed, {params}}}]")
     suite += "tracking: {uri: 'http://bench:Tr4ckPass/w@rd@mlflow.example:5000?token=Q-77777777'}\n"
     (workdir / "s.yaml").write_text(suite)
-    result = CliRunner().invoke(app, ["run", "s.yaml", "-q", "--tracking-uri", f"sqlite:///{workdir / 'm.db'}",
+    result = CliRunner().invoke(app, ["run", "s.yaml", "-q", "--tracking-uri", f"sqlite:///{shared_db}",
                                       "--plugins", "bench_testplug", "--plugins", "bench_secretplug"])
     assert result.exit_code == 0, result.output
     secrets = [*SECRETS.values(), "Tr4ckPass", "Q-77777777"]
-    held = _everything_mlflow_holds(workdir / "m.db")
+    held = _everything_mlflow_holds(shared_db)
     assert "keyed[access_key=***" in held  # the metric is there, its label redacted
-    uploaded = "\n".join(p.read_text(errors="replace") for p in (workdir / "mlartifacts").rglob("*") if p.is_file())
-    assert "record.json" in str(list((workdir / "mlartifacts").rglob("record.json")))
+    artifacts = shared_db.parent / "mlartifacts"
+    uploaded = "\n".join(p.read_text(errors="replace") for p in artifacts.rglob("*") if p.is_file())
+    assert "keyed[access_key=***" in uploaded  # record.json, case.yaml, cases.json were uploaded
     stored_suite = next(workdir.glob("results/sec/*/suite.yaml")).read_text()
     assert "mlflow.example" in stored_suite
     for secret in secrets:
@@ -298,16 +321,21 @@ def test_bad_entry_ids_are_user_errors(workdir, ident):
     assert "s.yaml:3:" in one_line(result) and "sampler id" in result.output
 
 
-def _results_with_one_record(workdir) -> Path:
-    (workdir / "s.yaml").write_text(SUITE)
-    result = CliRunner().invoke(app, ["run", "s.yaml", "-q", "--plugins", "bench_testplug"])
-    assert result.exit_code == 0, result.output
-    return next(workdir.glob("results/sec/*"))
+def _copy_of(run: Path, workdir: Path) -> Path:
+    import shutil
+
+    copy = workdir / "results" / "sec" / run.name
+    shutil.copytree(run, copy, symlinks=True)
+    for path in copy.glob("cases/*/record.json"):  # as if the run had happened here
+        record = json.loads(path.read_text())
+        record["case_dir"] = str(path.parent)
+        path.write_text(json.dumps(record))
+    return copy
 
 
 @pytest.mark.parametrize("attack", ["case_dir", "artifact", "symlink", "dotdot"])
-def test_bench_log_refuses_records_pointing_outside(workdir, attack):
-    run_dir = _results_with_one_record(workdir)
+def test_bench_log_refuses_records_pointing_outside(workdir, finished_run, attack):
+    run_dir = _copy_of(finished_run, workdir)
     outside = workdir / "outside"
     outside.mkdir()
     (outside / "private.txt").write_text("PRIVATE-DATA")
@@ -325,13 +353,21 @@ def test_bench_log_refuses_records_pointing_outside(workdir, attack):
     result = CliRunner().invoke(app, ["log", str(run_dir), "--tracking-uri", f"sqlite:///{workdir / 'again.db'}"])
     assert result.exit_code == 2, result.output
     assert "refused" in one_line(result)
-    assert not any("PRIVATE" in p.read_text(errors="replace") for p in workdir.joinpath("mlartifacts").rglob("*.txt"))
+    assert not (workdir / "again.db").exists()  # refused before MLflow is touched
 
 
-def test_bench_log_uploads_the_records_own_directory_after_a_move(workdir):
-    run_dir = _results_with_one_record(workdir)
+def test_bench_log_uploads_the_records_own_directory_after_a_copy(workdir, finished_run, shared_db):
     moved = workdir / "moved"
-    run_dir.rename(moved)
-    result = CliRunner().invoke(app, ["log", str(moved), "--tracking-uri", f"sqlite:///{workdir / 'again.db'}"])
+    moved.mkdir()
+    import shutil
+
+    shutil.copytree(finished_run, moved / "run")  # case_dir in its records still names the original
+    result = CliRunner().invoke(app, ["log", str(moved / "run"), "--tracking-uri", f"sqlite:///{shared_db}",
+                                      "--experiment", "moved"])
     assert result.exit_code == 0, result.output
-    assert any(workdir.joinpath("mlartifacts").rglob("case.yaml"))
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{shared_db}")
+    exp = client.get_experiment_by_name("moved")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`bench.kind` = 'case'")
+    assert {"case.yaml", "record.json"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}
