@@ -140,7 +140,8 @@ def _probe_request(uri: str) -> urllib.request.Request:
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:
         userinfo, hostpart = "", rest
-    base = f"{scheme}://{hostpart}".rstrip("/")
+    parts = urlsplit(f"{scheme}://{hostpart}")  # a query (?token=...) is not part of the endpoint
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
     request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name="
                                      f"{quote('bench-probe')}", headers={"Accept": "application/json"})
     user, _, password = userinfo.partition(":")
@@ -197,6 +198,10 @@ def _sqlite_init_lock(uri: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class TrackingError(RuntimeError):
+    """Logging to MLflow failed; the message holds no credentials."""
 
 
 class Tracker:
@@ -259,7 +264,14 @@ class Tracker:
 
     # ------------------------------------------------------------------ cases
     def log_case(self, record: dict[str, Any], tags: dict[str, str] | None = None) -> str:
-        """Create the child run for a finished case and log everything in it."""
+        """Create the child run for a finished case and log everything in it. A failure is raised
+        as :class:`TrackingError` with its message redacted (MLflow's name the full URI)."""
+        try:
+            return self._log_case(record, tags)
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingError(redact_text(f"{type(exc).__name__}: {exc}")) from None
+
+    def _log_case(self, record: dict[str, Any], tags: dict[str, str] | None = None) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         run_tags = {"bench.case_id": record["case_id"], "bench.case_hash": record["case_hash"],

@@ -137,6 +137,23 @@ def test_unreachable_server_fails_fast_with_one_redacted_line(workdir):
     assert "cannot reach tracking server http://***@127.0.0.1" in line and "s3cr" not in line
 
 
+def test_a_logging_failure_is_reported_without_the_credentials(shared_db, monkeypatch):
+    """MLflow's errors name the full request URL; the warning bench prints and keeps in the record
+    (session: "MLflow logging failed (...)") must not carry the password."""
+    from bench.tracking import Tracker, TrackingError
+
+    tracker = Tracker(f"sqlite:///{shared_db}", "failing-log")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("API request to http://bench:Secr3tPassw0rd@10.1.2.3:5000/api/2.0/mlflow/runs/create failed")
+
+    monkeypatch.setattr(tracker.client, "create_run", boom)
+    record = {"case_id": "s/d/f/g/seed=0", "case_hash": "h", "status": "ok"}
+    with pytest.raises(TrackingError) as info:
+        tracker.log_case(record)
+    assert "Secr3tPassw0rd" not in str(info.value) and "http://***@10.1.2.3:5000" in str(info.value)
+
+
 class _Failing(http.server.BaseHTTPRequestHandler):
     def _fail(self):
         self.send_response(500)
