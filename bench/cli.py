@@ -24,7 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 
 def _err(message: str) -> None:
-    typer.echo(message, err=True)
+    from .redact import redact_text
+
+    typer.echo(redact_text(message), err=True)
 
 
 def guarded(fn: Callable) -> Callable:
@@ -69,7 +71,9 @@ def _manager(plugins: Optional[List[str]]):
 
 def _load(file: Path, plugins, overrides):
     from .suite import load_suite
+    from .yamlload import load_yaml_file
 
+    load_yaml_file(file)  # hostile YAML is refused before the plugins (and torch) are imported
     manager = _manager(plugins)
     return manager, load_suite(file, manager.registries, manager.versions(), overrides or [])
 
@@ -274,7 +278,39 @@ def log_cmd(results_dir: Path = typer.Argument(..., help="a results/<suite>/<tim
 
     if not results_dir.is_dir():
         raise UserError(f"not a directory: {results_dir}")
+    _check_contained(results_dir)
     raise typer.Exit(relog(results_dir, tracking_uri, experiment, echo=typer.echo))
+
+
+def _check_contained(results_dir: Path) -> None:
+    """Refuse a results directory whose records name files outside it: every ``case_dir`` and
+    artifact, and every file under a case directory, must resolve (symlinks and ``..`` followed)
+    inside ``results_dir``, so that ``bench log`` never uploads anything else."""
+    from .names import inside
+
+    for path in sorted((results_dir / "cases").glob("*/record.json")):
+        if not inside(path, results_dir):
+            raise UserError(f"{path}: refused: the record lies outside {results_dir} (a symlink)")
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # relog reports unreadable records
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: refused: a case record must be a JSON object")
+        case_dir = record.get("case_dir")
+        # relog uploads the record's own directory whatever case_dir says; a case_dir that names another
+        # case directory than this one (.../cases/<this slug>, e.g. before the results were moved) is crafted
+        if case_dir is not None and (not isinstance(case_dir, str) or "\0" in case_dir
+                                     or Path(case_dir).parts[-2:] != path.parent.parts[-2:]
+                                     or ".." in Path(case_dir).parts):
+            raise UserError(f"{path}: refused: case_dir {str(case_dir)[:200]!r} is not this record's directory")
+        artifacts = record.get("artifacts") or []
+        for name in artifacts if isinstance(artifacts, list) else [artifacts]:
+            if not isinstance(name, str) or not inside(path.parent / name, path.parent):
+                raise UserError(f"{path}: refused: artifact {str(name)[:200]!r} lies outside {path.parent}")
+        for file in path.parent.rglob("*"):
+            if not inside(file, path.parent):
+                raise UserError(f"{path.parent}: refused: {file.name} links outside {results_dir}")
 
 
 @app.command("new-plugin")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .plugins import PluginManager, _bench_version
+from .redact import redact_secrets
 from .runner import CaseJob, RunSettings
 from .suite import ExpandedSuite, dump_yaml
 from .timing import machine_fingerprint
@@ -52,7 +53,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         n += 1
         results_dir = results_dir.with_name(f"{stamp}-{n}")
     results_dir.mkdir(parents=True)
-    (results_dir / "suite.yaml").write_text(dump_yaml(suite.raw))
+    (results_dir / "suite.yaml").write_text(dump_yaml(redact_secrets(suite.raw)))  # no credentials on disk
     (results_dir / "cases.json").write_text(json.dumps([c.to_dict() for c in suite.cases], indent=1))
 
     uri = opts.tracking_uri or suite.tracking.get("uri")
@@ -199,7 +200,7 @@ def relog(results_dir: Path, uri: str | None, experiment: str | None, echo=print
     records = []
     for path in sorted((results_dir / "cases").glob("*/record.json")):
         try:
-            records.append(json.loads(path.read_text()))
+            records.append({**json.loads(path.read_text()), "case_dir": str(path.parent)})  # its own files only
         except (OSError, ValueError):
             echo(f"skipping unreadable {path}")
     if not records:

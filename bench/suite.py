@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import Location, SuiteError, UnknownComponentError, did_you_mean
+from .names import name_problem
+from .redact import redact_secrets
 from .registry import Registries
 from .store import content_key
 from .yamlload import Positions, load_yaml_file, load_yaml_text, locate
@@ -170,12 +172,13 @@ def _short(value: Any) -> str:
 
 
 def label(spec: dict[str, Any] | None) -> str:
-    """A readable, stable label: the spec's ``id`` or ``name[k=v,...]``."""
+    """A readable, stable label: the spec's ``id`` or ``name[k=v,...]``; the values of
+    secret-looking keys show as ``***`` (:func:`bench.redact.redact_secrets`)."""
     if spec is None:
         return "none"
     if spec.get("id"):
         return str(spec["id"])
-    params = {k: v for k, v in spec.items() if k not in ("name", "id")}
+    params = redact_secrets({k: v for k, v in spec.items() if k not in ("name", "id")})
     if not params:
         return spec["name"]
     return f"{spec['name']}[" + ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items())) + "]"
@@ -308,6 +311,8 @@ def _validation_error(exc: pydantic.ValidationError, positions: Positions, prefi
         return SuiteError(f"missing required key '{dotted}'", locate(positions, path[:-1]))
     value = err.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if len(shown) > 80:  # one readable line, whatever the value
+        shown = shown[:60] + f"... ({len(shown):,} characters)"
     msg = err["msg"]
     return SuiteError(f"{dotted}: {msg[:1].lower() + msg[1:]} (got {shown})", locate(positions, path))
 
@@ -335,6 +340,9 @@ def load_suite(path: str | Path, registries: Registries, versions: dict[str, str
         model = SuiteModel.model_validate(data)
     except pydantic.ValidationError as exc:
         raise _validation_error(exc, positions, (), SuiteModel) from None
+    problem = name_problem(model.name)  # it names a directory: checked before anything is written
+    if problem:
+        raise SuiteError(f"suite name {problem}", locate(positions, ("name",)))
     return expand(model, data, positions, registries, versions or {}, str(path))
 
 
@@ -372,6 +380,10 @@ class _Resolver:
             entry = registry.entry(name)
         except UnknownComponentError as exc:
             raise exc.with_location(locate(self.positions, path + ("name",)) or locate(self.positions, path))
+        if spec.get("id"):  # ids become parts of case ids, labels and artifact names
+            problem = name_problem(str(spec["id"]))
+            if problem:
+                raise SuiteError(f"{kind} id {problem}", locate(self.positions, path + ("id",)))
         params = {k: v for k, v in spec.items() if k not in ("name", "id") + _CASE_SECTIONS}
         # the label (and so the case id) names only what the user set; defaults, nested ones included,
         # are filled in below so that the logged config rebuilds the case exactly

@@ -5,20 +5,44 @@ The default store is ``sqlite:///mlflow.db`` in the working directory, with arti
 ``./mlartifacts``; any tracking URI works (``http://host:5000`` for a server). Credentials for a
 server come from the environment (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``) and
 are never logged.
+
+Credentials in the URI itself are redacted (:mod:`bench.redact`) wherever bench prints or logs it;
+MLflow's own "View run ... at: URL" lines are switched off, and its log records pass through the
+same redaction. An ``http(s)`` server is probed once, with a short timeout, before any run is
+created (:func:`check_reachable`): an unreachable or failing server is a one-line user error in
+seconds instead of minutes of silent retries.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote, unquote, urlsplit
+
+import yaml
+
+from .errors import UserError
+from .names import inside
+from .redact import is_secret_key, redact_secrets, redact_text
+from .redact import redact_uri as _redact_uri
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 STATUS = {"ok": "FINISHED", "failed": "FAILED", "killed": "KILLED", "skipped": "FINISHED"}
-_SECRET = re.compile(r"(password|secret|token|credential|api_key)", re.I)
+#: MLflow's HTTP retries, bounded unless the user set them (its defaults retry for minutes)
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PROBE_TIMEOUT_S = 5.0
+# text artifacts are uploaded redacted; anything else (images, checkpoints) as it is
+_TEXT_SUFFIXES = {".txt", ".md", ".log", ".csv", ".json", ".yaml", ".yml"}
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 
@@ -43,7 +67,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         out[prefix[:-1]] = "None"
     else:
         out[prefix[:-1]] = obj
-    return {k: v for k, v in out.items() if k and not _SECRET.search(k)}
+    return {k: redact_secrets(v) for k, v in out.items()
+            if k and not any(is_secret_key(part) for part in k.split("."))}
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -77,13 +102,83 @@ def search_runs_frame(uri: str | None, experiment_names: list[str], **kwargs):
 
 
 def redact_uri(uri: str) -> str:
-    return re.sub(r"//[^/@]*@", "//***@", uri)
+    """See :func:`bench.redact.redact_uri`."""
+    return _redact_uri(uri)
+
+
+class _RedactFilter(logging.Filter):
+    """Rewrites a log record's message with every known secret removed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = _RedactFilter()
 
 
 def _quiet_mlflow() -> None:
-    for name in ("mlflow", "alembic", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("mlflow", "alembic", "sqlalchemy", "urllib3", "requests"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run NAME at: URL" (URL with the credentials) to stdout for HTTP stores
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _probe_request(uri: str) -> urllib.request.Request:
+    """A GET of the experiments endpoint of an MLflow server, with Basic/Bearer auth taken from the
+    URI's user info or MLflow's environment variables."""
+    scheme, _, rest = uri.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        userinfo, hostpart = "", rest
+    parts = urlsplit(f"{scheme}://{hostpart}")  # a query (?token=...) is not part of the endpoint
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+                                     f"{quote('bench-probe')}", headers={"Accept": "application/json"})
+    user, _, password = userinfo.partition(":")
+    user = unquote(user) or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = unquote(password) or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if user or password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    return request
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise a :class:`UserError` (redacted, one line) unless the ``http(s)`` tracking server at
+    ``uri`` answers within ``timeout`` seconds without a server error. Other URIs pass."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    shown = redact_uri(uri)
+    try:
+        request = _probe_request(uri)
+        urlsplit(request.full_url).port  # noqa: B018 - a bad port raises ValueError here
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise UserError(f"tracking server {shown} refused the credentials (HTTP {exc.code})",
+                            hint="set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD") from None
+        if exc.code >= 500:
+            raise UserError(f"tracking server {shown} is failing (HTTP {exc.code} {redact_text(str(exc.reason))})")
+        return  # 404 and the like: a server is there; MLflow reports its own errors
+    except ValueError as exc:
+        raise UserError(f"tracking URI {shown} is not a valid URL ({redact_text(str(exc))})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"cannot reach tracking server {shown}: {redact_text(str(reason))} "
+                        f"(checked with a {timeout:g} s timeout)") from None
 
 
 @contextlib.contextmanager
@@ -105,6 +200,10 @@ def _sqlite_init_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class TrackingError(RuntimeError):
+    """Logging to MLflow failed; the message holds no credentials."""
+
+
 class Tracker:
     """A thin layer over ``mlflow.MlflowClient``."""
 
@@ -115,9 +214,19 @@ class Tracker:
         _quiet_mlflow()
 
         self.uri = resolve_uri(uri)
-        with _sqlite_init_lock(self.uri):  # the first use creates / migrates the database schema
-            self.client = MlflowClient(tracking_uri=self.uri)
-            self._open_experiment(experiment)
+        redact_uri(self.uri)  # remember its credentials: every message below is scrubbed of them
+        check_reachable(self.uri)
+        try:
+            with _sqlite_init_lock(self.uri):  # the first use creates / migrates the database schema
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self._open_experiment(experiment)
+        except Exception as exc:  # noqa: BLE001
+            if not self.uri.lower().startswith(("http://", "https://")):
+                raise
+            # the server answered the probe but fails now: the user's to fix, in one redacted line
+            detail = redact_text(str(exc)).strip().splitlines()
+            raise UserError(f"tracking server {redact_uri(self.uri)} failed: {type(exc).__name__}"
+                            + (f": {detail[0][:300]}" if detail else "")) from None
         self.experiment = experiment
         self.parent_id: str | None = None
 
@@ -140,7 +249,7 @@ class Tracker:
     # ------------------------------------------------------------------ parent
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={"bench.kind": "suite", **tags})
+                                     tags={"bench.kind": "suite", **{k: redact_text(str(v)) for k, v in tags.items()}})
         self.parent_id = run.info.run_id
         self._log(self.parent_id, params=flatten(params))
         return self.parent_id
@@ -150,14 +259,19 @@ class Tracker:
             return
         self._log(self.parent_id, metrics=metrics)
         if artifacts_dir is not None and artifacts_dir.exists():
-            for path in sorted(artifacts_dir.iterdir()):
-                if path.is_file():
-                    self.client.log_artifact(self.parent_id, str(path))
+            self._upload(self.parent_id, artifacts_dir, recursive=False)
         self.client.set_terminated(self.parent_id, status=status)
 
     # ------------------------------------------------------------------ cases
     def log_case(self, record: dict[str, Any], tags: dict[str, str] | None = None) -> str:
-        """Create the child run for a finished case and log everything in it."""
+        """Create the child run for a finished case and log everything in it. A failure is raised
+        as :class:`TrackingError` with its message redacted (MLflow's name the full URI)."""
+        try:
+            return self._log_case(record, tags)
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingError(redact_text(f"{type(exc).__name__}: {exc}")) from None
+
+    def _log_case(self, record: dict[str, Any], tags: dict[str, str] | None = None) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         run_tags = {"bench.case_id": record["case_id"], "bench.case_hash": record["case_hash"],
@@ -174,6 +288,7 @@ class Tracker:
             run_tags["bench.error"] = record["error"][:5000]
         for name, reason in (record.get("skipped_metrics") or {}).items():
             run_tags[mlflow_key(f"bench.skipped.{name}")] = reason[:250]
+        run_tags = {k: redact_text(v) for k, v in run_tags.items()}
         if self.parent_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_id
         start_ms = int(record.get("started", time.time()) * 1000)
@@ -185,11 +300,23 @@ class Tracker:
         self._log(run_id, params=params, metrics=metrics, series=record.get("series") or {},
                   timestamp=int(record.get("finished", time.time()) * 1000))
         case_dir = record.get("case_dir")
-        if case_dir and Path(case_dir).exists():
-            self.client.log_artifacts(run_id, case_dir)
+        if case_dir and Path(case_dir).is_dir():
+            self._upload(run_id, Path(case_dir), recursive=True)
         self.client.set_terminated(run_id, status=STATUS.get(record["status"], "FAILED"),
                                    end_time=int(record.get("finished", time.time()) * 1000))
         return run_id
+
+    def _upload(self, run_id: str, directory: Path, recursive: bool) -> None:
+        """Upload the files under ``directory``: text files redacted (:func:`redacted_copy`), and
+        only files that really lie inside it (a symlink pointing elsewhere is skipped)."""
+        files = sorted(p for p in (directory.rglob("*") if recursive else directory.iterdir()) if p.is_file())
+        with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
+            for path in files:
+                if not inside(path, directory):
+                    continue
+                rel = path.relative_to(directory)
+                source = redacted_copy(path, Path(tmp) / rel) if path.suffix.lower() in _TEXT_SUFFIXES else path
+                self.client.log_artifact(run_id, str(source), str(rel.parent) if rel.parent != Path(".") else None)
 
     def _log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
              series: dict[str, Iterable] | None = None, timestamp: int | None = None) -> None:
@@ -221,3 +348,25 @@ class Tracker:
             token = page.token
             if not token:
                 return out
+
+
+def redacted_copy(src: Path, dst: Path) -> Path:
+    """Write ``src`` to ``dst`` with its secrets removed: JSON and YAML through
+    :func:`bench.redact.redact_secrets` (values under secret-looking keys, credentials in URIs),
+    any text through :func:`bench.redact.redact_text`. Returns ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        text = src.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        shutil.copyfile(src, dst)
+        return dst
+    suffix = src.suffix.lower()
+    try:
+        if suffix == ".json":
+            text = json.dumps(redact_secrets(json.loads(text)), indent=1)
+        elif suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(redact_secrets(yaml.safe_load(text)), sort_keys=False, default_flow_style=False)
+    except (ValueError, yaml.YAMLError):
+        pass  # not parseable: redacted as plain text below
+    dst.write_text(redact_text(text), encoding="utf-8")
+    return dst
