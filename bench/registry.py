@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterator
 import pydantic
 
 from .errors import UnknownComponentError, UserError
+from .hookspecs import REGISTER_HOOKS
 
-KINDS = ("dataset", "noise", "schedule", "family", "sampler", "network", "metric",
-         "feature_extractor", "executor")
+#: the component kinds, one per registration hook (:data:`bench.hookspecs.REGISTER_HOOKS`)
+KINDS = tuple(REGISTER_HOOKS.values())
 
 RESERVED_PARAMS = ("context",)
 

@@ -22,7 +22,6 @@ import torch
 from . import plots
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .errors import BudgetExceeded, CaseFailed
-from .hookspecs import hookimpl
 from .rng import BatchRNG, derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label
@@ -72,11 +71,6 @@ def write_record(case_dir: Path, record: dict[str, Any]) -> None:
     tmp = case_dir / "record.json.tmp"
     tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
     os.replace(tmp, case_dir / "record.json")
-
-
-@hookimpl
-def bench_run_case(case: Case, context: CaseJob) -> dict[str, Any]:
-    return CaseRunner(case, context).run()
 
 
 _DATASETS: dict[str, Any] = {}
