@@ -18,15 +18,15 @@ which keeps the noise level consistent: (1 - eta)^2 sigma~_i^2 + beta_i^2 sigma~
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field
 
+from bench.types import Spacing, Steps
+
 from .base import DiffusionSampler
 
-Steps = Annotated[int, Field(ge=1, le=100000)] | None
-SpacingT = Literal["leading", "trailing", "linspace"] | None
 STEP_RATIO = 0.062  # Song & Ermon's step_lr = 6.2e-6 at sigma_min = 0.01 (section 4.2.3), as a ratio
 
 
@@ -49,10 +49,9 @@ class ALD(DiffusionSampler):
     i.e. 6.2e-6 at sigma_min = 0.01)."""
 
     name = "ald"
-    requires = frozenset({"ve", "score"})
 
-    def __init__(self, steps: Steps = None, n_steps_each: Annotated[int, Field(ge=1, le=1000)] = 5,
-                 step_lr: Annotated[float, Field(gt=0)] | None = None, spacing: SpacingT = None,
+    def __init__(self, steps: Steps | None = None, n_steps_each: Annotated[int, Field(ge=1, le=1000)] = 5,
+                 step_lr: Annotated[float, Field(gt=0)] | None = None, spacing: Spacing | None = None,
                  denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, denoise, clip_x0, context)
         self.n_steps_each, self.step_lr = n_steps_each, step_lr
@@ -83,10 +82,9 @@ class CAS(DiffusionSampler):
     every beta_i real on this grid)."""
 
     name = "cas"
-    requires = frozenset({"ve", "score"})
 
-    def __init__(self, steps: Steps = None, step_lr: Annotated[float, Field(gt=0)] | None = None,
-                 spacing: SpacingT = None, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
+    def __init__(self, steps: Steps | None = None, step_lr: Annotated[float, Field(gt=0)] | None = None,
+                 spacing: Spacing | None = None, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, denoise, clip_x0, context)
         self.step_lr = step_lr
 
