@@ -55,3 +55,17 @@ def test_shipped_suite_cases_are_unchanged(suite_file):
             assert all(k.startswith("metric:") for k in set(case.versions) - set(old))
     # the fixture's versions are those of this checkout's plugins: a version bump needs a new fixture
     assert renamed == sum(any(k.startswith("family:extractor:") for k in c["versions"]) for c in want["cases"])
+
+
+def test_a_metric_plugin_version_changes_the_case_hash_but_not_the_train_key():
+    """Regression: the nested extractor of fid/kid was versioned as ``family:extractor:auto``, so a new
+    metrics plugin version changed the train key and retrained every model."""
+    manager = get_manager()
+    path = ROOT / "suites" / "quickstart.yaml"
+    before = load_suite(path, manager.registries, manager.versions())
+    plugin = manager.registries.feature_extractor.entry("auto").plugin
+    assert plugin == manager.registries.metric.entry("fid").plugin
+    after = load_suite(path, manager.registries, {**manager.versions(), plugin: "999"})
+    assert [c.train_key for c in before.cases] == [c.train_key for c in after.cases]
+    assert all(a.hash != b.hash for a, b in zip(before.cases, after.cases))
+    assert all(c.versions["metric:extractor:auto"] == "999" for c in after.cases)
