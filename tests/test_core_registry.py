@@ -71,3 +71,21 @@ def test_shipped_components_carry_their_registered_capabilities(manager, tmp_pat
     family = regs.family.create({"name": "oracle_ve"}, context=ctx)
     assert family.provides == frozenset(regs.family.entry("oracle_ve").meta["provides"])
     assert "ve" in family.provides and "vp" not in family.provides
+
+
+def test_schedule_and_noise_defaults_and_bounds_live_in_the_class(manager):
+    import inspect
+
+    from bench_diffusion.noise import GFF
+    from bench_diffusion.schedules import Karras, Linear
+
+    regs = manager.registries
+    assert regs.schedule.entry("linear").load() is Linear and regs.schedule.entry("karras").load() is Karras
+    gff = regs.noise.entry("gff").signature().parameters
+    assert list(gff) == ["gamma", "dc", "context"]
+    assert all(gff[k].default == inspect.signature(GFF).parameters[k].default for k in ("gamma", "dc"))
+    assert regs.schedule.resolve("karras", {})["rho"] == 7.0
+    for kind, name, params in (("schedule", "linear", {"beta_max": 2}), ("schedule", "karras", {"rho": 0}),
+                               ("schedule", "geometric", {"sigma_max": "big"}), ("noise", "gff", {"gamma": 5})):
+        with pytest.raises(pydantic.ValidationError):
+            regs[kind].resolve(name, params)

@@ -21,13 +21,13 @@ def bench_register_noise_models(register):
 
 @hookimpl
 def bench_register_schedules(register):
-    register("linear", f"{_P}.schedules:linear", kind="vp", description="linear betas 1e-4..0.02 (VP)")
-    register("cosine", f"{_P}.schedules:cosine", kind="vp", description="cosine alpha_bar, s=0.008, clip 0.999 (VP)")
-    register("quadratic", f"{_P}.schedules:quadratic", kind="vp", description="quadratic betas (VP)")
-    register("sigmoid", f"{_P}.schedules:sigmoid", kind="vp", description="sigmoid betas (VP)")
-    register("geometric", f"{_P}.schedules:geometric", kind="ve",
+    register("linear", f"{_P}.schedules:Linear", kind="vp", description="linear betas 1e-4..0.02 (VP)")
+    register("cosine", f"{_P}.schedules:Cosine", kind="vp", description="cosine alpha_bar, s=0.008, clip 0.999 (VP)")
+    register("quadratic", f"{_P}.schedules:Quadratic", kind="vp", description="quadratic betas (VP)")
+    register("sigmoid", f"{_P}.schedules:Sigmoid", kind="vp", description="sigmoid betas (VP)")
+    register("geometric", f"{_P}.schedules:Geometric", kind="ve",
              description="geometric sigmas (VE/SMLD); sigma_max='auto' from the data's max Sigma^-1 distance")
-    register("karras", f"{_P}.schedules:karras", kind="ve", description="Karras/EDM sigmas, rho=7 (VE)")
+    register("karras", f"{_P}.schedules:Karras", kind="ve", description="Karras/EDM sigmas, rho=7 (VE)")
 
 
 @hookimpl
