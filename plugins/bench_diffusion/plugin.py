@@ -2,6 +2,8 @@
 (docs/diffusion.md). Registration only: every target is a lazy ``"module:attr"`` string."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.hookspecs import hookimpl
 
 _P = "bench_diffusion"
@@ -70,6 +72,12 @@ def bench_register_samplers(register):
              description="predictor-corrector: Langevin corrector (snr) + Euler-Maruyama predictor")
     register("pf_ode", f"{s}.sde:PFODE", requires=["score"],
              description="probability-flow ODE via torchdiffeq (euler, midpoint, rk4, dopri5, bosh3, ...)")
+
+
+@hookimpl
+def bench_new_plugin_templates():
+    """``bench new-plugin --kind sampler``: a DDIM-style sampler written against the VP family interface."""
+    return Path(__file__).with_name("templates")
 
 
 @hookimpl
