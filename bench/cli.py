@@ -109,12 +109,12 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
                                               help="torch threads per case (default: all cores, or cores/workers)"),
         plugins: Optional[List[str]] = PluginsOpt) -> None:
     """Run every case of a suite and log it to MLflow."""
-    from .session import RunOptions, run_suite
-
     manager, suite = _load(file, plugins, overrides)
-    if dry_run:
+    if dry_run:  # before importing the session: a dry run needs neither MLflow nor the runner
         _print_plan(suite)
         return
+    from .session import RunOptions, run_suite
+
     if not suite.cases:
         raise UserError("the suite expands to no runnable case", hint="see `bench run --dry-run`")
     if executor == "ray" and workers is None and ray_address is None:

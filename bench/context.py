@@ -40,6 +40,31 @@ class BuildContext:
     device: str = "cpu"
     dataset: Any = None
 
+    @classmethod
+    def from_registries(cls, registries: Any, *, seed: int, store: Store, data: DataInfo | None = None,
+                        dataset: Any = None, progress: Callable[..., Iterable] | None = None,
+                        log: Callable[[str], None] | None = None, device: str = "cpu",
+                        extra: dict[tuple[str, str], Callable[..., Any]] | None = None) -> "BuildContext":
+        """The context every caller uses: ``build`` creates registered components
+        (``registries[kind].create(spec, context=ctx)``). ``data`` defaults to ``dataset.info``;
+        ``extra`` maps ``(kind, name)`` to factories ``f(**params)`` outside the registries (tests)."""
+        extra = dict(extra or {})
+
+        def build_fn(kind: str, spec: dict[str, Any], ctx: "BuildContext") -> Any:
+            factory = extra.get((kind, spec.get("name")))
+            if factory is not None:
+                return factory(**{k: v for k, v in spec.items() if k not in ("name", "id")})
+            return registries[kind].create(spec, context=ctx)
+
+        if data is None and dataset is not None:
+            data = dataset.info
+        ctx = cls(data, seed, store, build_fn, device=device, dataset=dataset)
+        if progress is not None:
+            ctx.progress_fn = progress
+        if log is not None:
+            ctx.log_fn = log
+        return ctx
+
     def build(self, kind: str, spec: Any, **extra: Any) -> Any:
         if isinstance(spec, str):
             spec = {"name": spec}

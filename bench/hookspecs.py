@@ -95,6 +95,14 @@ def bench_register_executors(register):
 
 
 @hookspec
+def bench_new_plugin_templates():
+    """Return a directory of ``bench new-plugin`` templates (or None): ``kinds.json`` maps a kind to
+    ``{"class": ..., "meta": {...}}`` (the example class and its registration meta), with
+    ``<kind>.py.tmpl`` (the component module) and ``test_<kind>.py.tmpl`` (its test) next to it.
+    Templates that need a plugin's interface live with that plugin (bench_diffusion: ``sampler``)."""
+
+
+@hookspec
 def bench_case_started(case):
     """Called on the driver before a case runs. ``case`` is a :class:`bench.suite.Case`."""
 

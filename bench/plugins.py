@@ -178,11 +178,11 @@ def get_manager(extra_modules: list[str] | tuple[str, ...] = (), *, fresh: bool 
     global _MANAGER
     if _MANAGER is None or fresh:
         manager = PluginManager()
-        from . import executors  # the core's own executors are a plugin like any other
+        # the core's own plugins: bench_run_case (bench.builtin; plugins may wrap it) and the executors.
+        # Neither imports the runner or torch here, so `bench validate` stays light.
+        from . import builtin, executors
 
-        from . import runner  # implements bench_run_case (plugins may wrap it)
-
-        manager.pm.register(runner, name="bench.runner")
+        manager.pm.register(builtin, name="bench.builtin")
         manager.add_plugin(executors, PluginInfo("bench.executors", "bench.executors",
                                                  version=_bench_version(), distribution="bench"))
         manager.load_entry_points()

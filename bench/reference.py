@@ -32,7 +32,7 @@ def precompute(items: list[tuple[dict, dict, int | None, int]], registries, stor
         done.add(key)
         dkey = content_key(dataset_spec, seed)
         if dkey not in datasets:
-            ctx = BuildContext(None, seed, store, _builder(registries))
+            ctx = BuildContext.from_registries(registries, seed=seed, store=store)
             datasets[dkey] = registries.dataset.create(dataset_spec, context=ctx)
         dataset = datasets[dkey]
         what = f"{label(dataset_spec)} / {label(spec)}"
@@ -40,7 +40,7 @@ def precompute(items: list[tuple[dict, dict, int | None, int]], registries, stor
         if modalities and dataset.info.modality not in modalities:
             echo(f"  {what}: does not apply to {dataset.info.modality} data")
             continue
-        ctx = BuildContext(dataset.info, seed, store, _builder(registries), dataset=dataset)
+        ctx = BuildContext.from_registries(registries, seed=seed, store=store, dataset=dataset)
         metric = registries.metric.create(spec, context=ctx)
         if not hasattr(metric, "precompute"):
             echo(f"  {what}: nothing to precompute")
@@ -49,13 +49,6 @@ def precompute(items: list[tuple[dict, dict, int | None, int]], registries, stor
         summaries.append({"dataset": label(dataset_spec), "metric": label(spec), **(summary or {})})
         echo(f"  {what}: {_describe(summary)}")
     return summaries
-
-
-def _builder(registries):
-    def build(kind: str, spec: dict[str, Any], ctx: BuildContext) -> Any:
-        return registries[kind].create(spec, context=ctx)
-
-    return build
 
 
 def _describe(summary: dict[str, Any] | None) -> str:

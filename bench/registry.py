@@ -9,22 +9,61 @@ A factory's signature is its parameter schema: annotated parameters are validate
 any case runs (``Annotated[int, Field(gt=0)]`` gives range checks for free), parameters without a
 default are required, and unknown parameters are errors unless the factory takes ``**kwargs``. A
 parameter named ``context`` is reserved: bench passes a :class:`~bench.context.BuildContext` there.
+
+:meth:`Registry.resolve` turns a suite spec into a resolved one in one pass (validate, fill defaults,
+label); :meth:`Registry.create` builds the object and stamps the registered capabilities
+(``requires``, ``provides``) onto it, so a class never repeats them.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import pydantic
 
 from .errors import UnknownComponentError, UserError
+from .hookspecs import REGISTER_HOOKS
+from .redact import redact_secrets
 
-KINDS = ("dataset", "noise", "schedule", "family", "sampler", "network", "metric",
-         "feature_extractor", "executor")
+#: the component kinds, one per registration hook (:data:`bench.hookspecs.REGISTER_HOOKS`)
+KINDS = tuple(REGISTER_HOOKS.values())
 
 RESERVED_PARAMS = ("context",)
+#: registration meta stamped onto every created object as a frozenset (declared once, at registration)
+CAPABILITIES = ("requires", "provides")
+
+
+def label(spec: dict[str, Any] | None) -> str:
+    """A readable, stable label of a spec: its ``id``, or ``name[k=v,...]`` over its parameters
+    (sorted; nested specs, lists and floats formatted by :func:`_format_value`); the values of
+    secret-looking keys show as ``***`` (:func:`bench.redact.redact_secrets`)."""
+    if spec is None:
+        return "none"
+    if spec.get("id"):
+        return str(spec["id"])
+    params = redact_secrets({k: v for k, v in spec.items() if k not in ("name", "id")})
+    if not params:
+        return spec["name"]
+    return f"{spec['name']}[" + ",".join(f"{k}={_format_value(v)}" for k, v in sorted(params.items())) + "]"
+
+
+def _format_value(value: Any) -> str:
+    """A parameter value inside a label: a nested spec as its ``id`` or ``name(k=v,...)``."""
+    if isinstance(value, dict):
+        if "id" in value:
+            return str(value["id"])
+        inner = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(value.items()) if k != "name")
+        name = str(value.get("name", ""))
+        return f"{name}({inner})" if inner else name
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 @dataclass
@@ -86,6 +125,35 @@ class Entry:
     def accepts_context(self) -> bool:
         return "context" in self.signature().parameters
 
+    def signature_default(self, key: str) -> Any:
+        """A copy of the factory's default for parameter ``key`` (None when it has none)."""
+        param = self.signature().parameters.get(key)
+        if param is None or param.default is inspect.Parameter.empty:
+            return None
+        return copy.deepcopy(param.default)
+
+    def json_defaults(self) -> dict[str, Any]:
+        """The factory's JSON-representable defaults, the entry's presets taking precedence (tuples as
+        lists), so a logged spec rebuilds the component exactly."""
+        out = {}
+        for p in self.signature().parameters.values():
+            if p.name in RESERVED_PARAMS or p.default is inspect.Parameter.empty \
+                    or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            default = self.defaults.get(p.name, p.default)
+            if isinstance(default, tuple):
+                default = list(default)
+            try:
+                json.dumps(default)
+            except (TypeError, ValueError):
+                continue
+            out[p.name] = default
+        return out
+
+    def nested(self) -> dict[str, str]:
+        """Parameters that are themselves components (meta ``components``): parameter -> kind."""
+        return dict(self.meta.get("components") or {})
+
 
 class Registry:
     """The components of one kind."""
@@ -122,19 +190,50 @@ class Registry:
             raise UnknownComponentError(self.kind, name, self._entries, location) from None
 
     def validate(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``params`` against the factory signature; return them coerced.
+        """Validate ``params`` (with the entry's presets) against the factory signature; return them
+        coerced to JSON-representable values.
 
         Raises :class:`pydantic.ValidationError` (the suite layer maps its ``loc`` to file:line).
         """
         entry = self.entry(name)
         merged = {**entry.defaults, **params}
-        model = entry.param_model()
-        validated = model.model_validate(merged)
+        validated = entry.param_model().model_validate(merged)
         dumped = validated.model_dump(mode="json")  # JSON-representable: hashed, logged, rebuilt
         return {k: dumped[k] for k in merged if k in dumped}
 
+    def resolve(self, name: str, params: dict[str, Any], spec_id: Any = None,
+                resolve_nested: Callable[[str, str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Resolve one spec in one pass: label it, resolve its nested components, validate it and fill
+        the factory's defaults.
+
+        Returns ``{"name", **params (validated), "id": label, **defaults not set}`` where the label (so
+        the case id) names only what the user set (``spec_id`` if given), a nested component the user
+        left unset is the factory's default spec made explicit, and every other default is filled in,
+        so the logged spec rebuilds the component exactly. ``resolve_nested(param, kind, spec)``
+        resolves a nested component (the suite layer recurses with its file positions).
+        Raises :class:`pydantic.ValidationError` for invalid values.
+        """
+        entry = self.entry(name)
+        params = dict(params)
+        user_label = str(spec_id) if spec_id else label({"name": name, **params})
+        nested = entry.nested()
+        for key, kind in nested.items():
+            if key not in params:  # make the factory's default explicit, so it is logged and hashed
+                default = entry.signature_default(key)
+                if isinstance(default, (str, dict)):
+                    params[key] = default
+            if params.get(key) is not None and resolve_nested is not None:
+                params[key] = resolve_nested(key, kind, params[key])
+        validated = self.validate(name, params)
+        validated.update({key: params[key] for key in nested if key in params})  # keep resolved sub-specs
+        out = {"name": name, **{k: validated[k] for k in params if k in validated}, "id": user_label}
+        for key, value in entry.json_defaults().items():
+            out.setdefault(key, value)
+        return out
+
     def create(self, spec: dict[str, Any], context: Any = None) -> Any:
-        """Build a component from ``{"name": ..., **params}``; pass ``context`` if accepted."""
+        """Build a component from ``{"name": ..., **params}``; pass ``context`` if accepted. The
+        entry's registered capabilities (``requires``, ``provides``) are stamped onto the object."""
         spec = dict(spec)
         name = spec.pop("name")
         spec.pop("id", None)
@@ -144,10 +243,13 @@ class Registry:
         if entry.accepts_context():
             params["context"] = context
         obj = factory(**params)
-        try:
-            obj.bench_spec = {"name": name, **{k: v for k, v in spec.items()}}
-        except AttributeError:  # objects with __slots__ or builtins
-            pass
+        stamps = {"bench_spec": {"name": name, **spec},
+                  **{key: frozenset(entry.meta[key]) for key in CAPABILITIES if key in entry.meta}}
+        for key, value in stamps.items():
+            try:
+                setattr(obj, key, value)
+            except AttributeError:  # objects with __slots__ or builtins
+                pass
         return obj
 
 

@@ -22,7 +22,6 @@ import torch
 from . import plots
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .errors import BudgetExceeded, CaseFailed
-from .hookspecs import hookimpl
 from .rng import BatchRNG, derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label
@@ -74,11 +73,6 @@ def write_record(case_dir: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, case_dir / "record.json")
 
 
-@hookimpl
-def bench_run_case(case: Case, context: CaseJob) -> dict[str, Any]:
-    return CaseRunner(case, context).run()
-
-
 _DATASETS: dict[str, Any] = {}
 
 
@@ -125,14 +119,12 @@ class CaseRunner:
 
         return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=0.5, dynamic_ncols=True)
 
-    def build(self, kind: str, spec: dict[str, Any], ctx: BuildContext) -> Any:
-        return self.regs[kind].create(spec, context=ctx)
-
     # ------------------------------------------------------------------ phases
     def load_dataset(self):
         key = content_key(self.case.dataset, self.case.seed)
         if key not in _DATASETS:
-            ctx = BuildContext(None, self.case.seed, self.store, self.build, self.progress, self.log)
+            ctx = BuildContext.from_registries(self.regs, seed=self.case.seed, store=self.store,
+                                               progress=self.progress, log=self.log)
             with self.timer.phase("data"):
                 _DATASETS[key] = self.regs.dataset.create(self.case.dataset, context=ctx)
         return _DATASETS[key]
@@ -295,8 +287,8 @@ class CaseRunner:
         torch.manual_seed(derive_seed(case.seed, "torch-global"))
         try:
             dataset = self.load_dataset()
-            ctx = BuildContext(dataset.info, case.seed, self.store, self.build, self.progress, self.log,
-                               dataset=dataset)
+            ctx = BuildContext.from_registries(self.regs, seed=case.seed, store=self.store, dataset=dataset,
+                                               progress=self.progress, log=self.log)
             with self.timer.phase("build"):
                 family = self.regs.family.create(case.family, context=ctx)
                 sampler = None if case.sampler is None else self.regs.sampler.create(case.sampler, context=ctx)

@@ -19,10 +19,9 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import Location, SuiteError, UnknownComponentError, did_you_mean
+from .errors import Location, SuiteError, UnknownComponentError, UserError, did_you_mean
 from .names import name_problem
-from .redact import redact_secrets
-from .registry import Registries
+from .registry import Registries, label
 from .store import content_key
 from .yamlload import Positions, load_yaml_file, load_yaml_text, locate
 
@@ -75,6 +74,10 @@ class TrackingConfig(_Strict):
 
 
 Spec = Union[str, dict[str, Any]]
+
+#: the per-case settings a suite's ``defaults`` holds and a matrix entry may override (``--set train.x``
+#: is shorthand for ``defaults.train.x``)
+CASE_SECTIONS = ("train", "eval", "budget")
 
 
 class Matrix(_Strict):
@@ -157,33 +160,6 @@ class Case:
                    skipped_metrics=d.get("skipped_metrics", {}))
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
-        if "id" in value:
-            return str(value["id"])
-        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(value.items()) if k != "name")
-        name = str(value.get("name", ""))
-        return f"{name}({inner})" if inner else name
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_short(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def label(spec: dict[str, Any] | None) -> str:
-    """A readable, stable label: the spec's ``id`` or ``name[k=v,...]``; the values of
-    secret-looking keys show as ``***`` (:func:`bench.redact.redact_secrets`)."""
-    if spec is None:
-        return "none"
-    if spec.get("id"):
-        return str(spec["id"])
-    params = redact_secrets({k: v for k, v in spec.items() if k not in ("name", "id")})
-    if not params:
-        return spec["name"]
-    return f"{spec['name']}[" + ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items())) + "]"
-
-
 @dataclass
 class Pruned:
     dataset: str
@@ -253,7 +229,6 @@ def _load_with_includes(path: Path, stack: tuple[Path, ...]) -> tuple[dict, Posi
 
 
 _SET_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=(.*)$", re.S)
-_SET_SHORTHAND = ("train", "eval", "budget")
 
 
 def apply_overrides(data: dict, positions: Positions, overrides: list[str]) -> None:
@@ -270,7 +245,7 @@ def apply_overrides(data: dict, positions: Positions, overrides: list[str]) -> N
         except SuiteError as exc:
             raise SuiteError(f"--set {key}: {exc.message}", Location("--set")) from None
         parts = key.split(".")
-        if parts[0] in _SET_SHORTHAND:
+        if parts[0] in CASE_SECTIONS:
             parts = ["defaults"] + parts
             for axis in ("dataset", "family", "sampler"):
                 for entry in (data.get("matrix") or {}).get(axis) or []:
@@ -348,7 +323,6 @@ def load_suite(path: str | Path, registries: Registries, versions: dict[str, str
 
 # ----------------------------------------------------------------------------- expansion
 
-_CASE_SECTIONS = ("train", "eval", "budget")
 
 
 def _normalize_spec(spec: Any, kind: str, path: tuple, positions: Positions) -> dict[str, Any]:
@@ -365,85 +339,38 @@ def _normalize_spec(spec: Any, kind: str, path: tuple, positions: Positions) -> 
 
 
 class _Resolver:
-    """Validates component specs against their registries, recursively for nested components."""
+    """Resolves component specs against their registries (:meth:`bench.registry.Registry.resolve`),
+    recursively for nested components, and maps errors to the suite file's positions."""
 
-    def __init__(self, registries: Registries, positions: Positions, versions: dict[str, str]):
+    def __init__(self, registries: Registries, positions: Positions):
         self.regs = registries
         self.positions = positions
-        self.versions = versions
-        self.used: dict[str, str] = {}
 
     def resolve(self, kind: str, spec: dict[str, Any], path: tuple) -> dict[str, Any]:
-        registry = self.regs[kind]
         name = spec["name"]
         try:
-            entry = registry.entry(name)
+            entry = self.regs[kind].entry(name)
         except UnknownComponentError as exc:
             raise exc.with_location(locate(self.positions, path + ("name",)) or locate(self.positions, path))
         if spec.get("id"):  # ids become parts of case ids, labels and artifact names
             problem = name_problem(str(spec["id"]))
             if problem:
                 raise SuiteError(f"{kind} id {problem}", locate(self.positions, path + ("id",)))
-        params = {k: v for k, v in spec.items() if k not in ("name", "id") + _CASE_SECTIONS}
-        # the label (and so the case id) names only what the user set; defaults, nested ones included,
-        # are filled in below so that the logged config rebuilds the case exactly
-        user_label = str(spec["id"]) if spec.get("id") else label({"name": name, **params})
-        nested = entry.meta.get("components", {}) or {}
-        for key, sub_kind in nested.items():
-            if key not in params:  # make the factory's default explicit, so it is logged and hashed
-                default = _signature_default(entry, key)
-                if isinstance(default, (str, dict)):
-                    params[key] = default
-            if key in params and params[key] is not None:
-                sub = _normalize_spec(params[key], sub_kind, path + (key,), self.positions)
-                params[key] = self.resolve(sub_kind, sub, path + (key,))
+        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS}
+
+        def nested(key: str, sub_kind: str, sub_spec: Any) -> dict[str, Any]:
+            sub = _normalize_spec(sub_spec, sub_kind, path + (key,), self.positions)
+            return self.resolve(sub_kind, sub, path + (key,))
+
         try:
-            validated = registry.validate(name, params)
+            return self.regs[kind].resolve(name, params, spec.get("id"), nested)
         except pydantic.ValidationError as exc:
             raise _validation_error(exc, self.positions, path) from None
-        except UnknownComponentError as exc:
-            raise exc.with_location(locate(self.positions, path))
+        except UserError:  # a nested component's error, already located
+            raise
         except Exception as exc:  # a plugin whose factory cannot even be imported
             raise SuiteError(f"{kind} '{name}' (plugin '{entry.plugin}') cannot be loaded: "
                              f"{type(exc).__name__}: {exc}", locate(self.positions, path)) from None
-        for key in nested:
-            if key in params:
-                validated[key] = params[key]
-        out = {"name": name, **{k: validated[k] for k in params if k in validated}}
-        out["id"] = user_label
-        for key, value in _param_defaults(entry).items():
-            out.setdefault(key, value)
-        self.used[f"{kind}:{name}"] = self.versions.get(entry.plugin, "?")
-        return out
-
-
-def _param_defaults(entry) -> dict[str, Any]:
-    """The factory's JSON-representable defaults (so a logged case can be rebuilt exactly)."""
-    import inspect
-    import json
-
-    out = {}
-    for p in entry.signature().parameters.values():
-        if p.name == "context" or p.default is inspect.Parameter.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            continue
-        default = {**{p.name: p.default}, **entry.defaults}.get(p.name)
-        if isinstance(default, tuple):
-            default = list(default)
-        try:
-            json.dumps(default)
-        except (TypeError, ValueError):
-            continue
-        out[p.name] = default
-    return out
-
-
-def _signature_default(entry, key: str) -> Any:
-    import inspect
-
-    param = entry.signature().parameters.get(key)
-    if param is None or param.default is inspect.Parameter.empty:
-        return None
-    return copy.deepcopy(param.default)
 
 
 def _section(spec: dict, key: str, model: type[BaseModel], base: dict, path: tuple,
@@ -516,69 +443,100 @@ def _metric_skips(regs: Registries, dataset: dict, family: dict, metrics: list[d
 
 def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries,
            versions: dict[str, str], path: str) -> ExpandedSuite:
-    resolver = _Resolver(regs, positions, versions)
-    defaults = model.defaults
+    """Resolve every spec once, then build the matrix cases and the ``include_cases``: ids are unique
+    (the first case with an id wins), incompatible matrix combinations are pruned."""
+    resolver = _Resolver(regs, positions)
+    axes = {kind: _axis(resolver, data["matrix"].get(kind), kind, positions)
+            for kind in ("dataset", "family", "sampler")}
+    metrics = [resolver.resolve("metric", _normalize_spec(m, "metric", ("metrics", i), positions), ("metrics", i))
+               for i, m in enumerate(data.get("metrics") or [])]
+    _check_exclude_rules(model.exclude, positions)
+    build = _CaseBuilder(model, metrics, regs, versions, positions)
+    pruned: list[Pruned] = []
+    unique: dict[str, Case] = {}
+    for case in [*_product_cases(model, axes, build, pruned), *_include_cases(model, resolver, build, positions)]:
+        unique.setdefault(case.id, case)
+    tracking = {"experiment": model.tracking.experiment or model.name, "uri": model.tracking.uri}
+    return ExpandedSuite(model.name, model.description, path, data, list(unique.values()), pruned, tracking,
+                         model.store, model.results)
 
-    def axis(kind: str) -> list[tuple[dict | None, dict]]:
-        raw = data["matrix"].get(kind)
-        if raw is None:
-            return [(None, {})]
-        out = []
-        for i, spec in enumerate(raw):
-            p = ("matrix", kind, i)
-            if spec is None:
-                out.append((None, {}))
-                continue
-            norm = _normalize_spec(spec, kind, p, positions)
-            sections = {s: norm[s] for s in _CASE_SECTIONS if s in norm}
-            out.append((resolver.resolve(kind, norm, p), {"sections": sections, "path": p}))
-        return out
 
-    datasets, families, samplers = axis("dataset"), axis("family"), axis("sampler")
-    metrics = [resolver.resolve("metric", _normalize_spec(m, "metric", ("metrics", i), positions),
-                                ("metrics", i)) for i, m in enumerate(data.get("metrics") or [])]
-    seeds = model.matrix.seed or [model.seed]
+#: one matrix entry: its resolved spec (None for a ``null`` sampler) and its case-section overrides
+_AxisEntry = tuple[Optional[dict], dict]
 
-    for i, rule in enumerate(model.exclude):
+
+def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions) -> list[_AxisEntry]:
+    """The resolved entries of one matrix axis, each with the ``train``/``eval``/``budget`` it overrides."""
+    if raw is None:
+        return [(None, {})]
+    out: list[_AxisEntry] = []
+    for i, spec in enumerate(raw):
+        p = ("matrix", kind, i)
+        if spec is None:
+            out.append((None, {}))
+            continue
+        norm = _normalize_spec(spec, kind, p, positions)
+        sections = {s: norm[s] for s in CASE_SECTIONS if s in norm}
+        out.append((resolver.resolve(kind, norm, p), {"sections": sections, "path": p}))
+    return out
+
+
+def _check_exclude_rules(rules: list[dict[str, Any]], positions: Positions) -> None:
+    for i, rule in enumerate(rules):
         for key in rule:
             if key not in ("dataset", "family", "sampler", "seed"):
                 raise SuiteError(f"exclude rules match on dataset, family, sampler or seed, not '{key}'",
                                  positions.get(("exclude", i, key, "__key__")) or locate(positions, ("exclude", i)))
 
-    cases: list[Case] = []
-    pruned: list[Pruned] = []
-    seen: set[str] = set()
 
-    def make_case(d: dict, f: dict, s: dict | None, seed: int, extras: list[dict]) -> Case:
-        train = defaults.train.model_dump()
-        evalc = defaults.eval.model_dump()
-        budget = defaults.budget.model_dump()
+@dataclass
+class _CaseBuilder:
+    """Makes a :class:`Case` from resolved specs: case sections (suite defaults, then each matrix
+    entry's overrides), component versions and the metrics that do not apply."""
+
+    model: SuiteModel
+    metrics: list[dict[str, Any]]
+    regs: Registries
+    versions: dict[str, str]
+    positions: Positions
+
+    def __call__(self, d: dict, f: dict, s: dict | None, seed: int, extras: list[dict]) -> Case:
+        sections = {"train": (TrainConfig, self.model.defaults.train.model_dump()),
+                    "eval": (EvalConfig, self.model.defaults.eval.model_dump()),
+                    "budget": (BudgetConfig, self.model.defaults.budget.model_dump())}
+        values = {key: base for key, (_, base) in sections.items()}
         for extra in extras:
             secs, p = extra.get("sections", {}), extra.get("path", ())
-            train = _section(secs, "train", TrainConfig, train, p, positions)
-            evalc = _section(secs, "eval", EvalConfig, evalc, p, positions)
-            budget = _section(secs, "budget", BudgetConfig, budget, p, positions)
-        case = Case(model.name, d, f, s, metrics, train, evalc, budget, seed)
-        case.versions = _versions_for(case, resolver.used, regs, versions)
-        case.skipped_metrics = _metric_skips(regs, d, f, metrics)
+            for key, (schema, _) in sections.items():
+                values[key] = _section(secs, key, schema, values[key], p, self.positions)
+        case = Case(self.model.name, d, f, s, self.metrics, values["train"], values["eval"], values["budget"], seed)
+        case.versions = _versions_for(case, self.regs, self.versions)
+        case.skipped_metrics = _metric_skips(self.regs, d, f, self.metrics)
         return case
 
-    for (d, dx), (f, fx), (s, sx), seed in itertools.product(datasets, families, samplers, seeds):
-        axes = {"dataset": d, "family": f, "sampler": s}
-        if any(_matches(rule, axes, seed) for rule in model.exclude):
+
+def _product_cases(model: SuiteModel, axes: dict[str, list[_AxisEntry]], build: _CaseBuilder,
+                   pruned: list[Pruned]) -> list[Case]:
+    """The matrix: every (dataset, family, sampler, seed) not excluded; incompatible ones go to ``pruned``."""
+    out = []
+    seeds = model.matrix.seed or [model.seed]
+    for (d, dx), (f, fx), (s, sx), seed in itertools.product(axes["dataset"], axes["family"], axes["sampler"], seeds):
+        if any(_matches(rule, {"dataset": d, "family": f, "sampler": s}, seed) for rule in model.exclude):
             continue
-        reason = _compatibility(regs, d, f, s)
+        reason = _compatibility(build.regs, d, f, s)
         if reason:
             pruned.append(Pruned(label(d), label(f), label(s), seed, reason))
             continue
-        case = make_case(d, f, s, seed, [dx, fx, sx])
-        if case.id not in seen:
-            seen.add(case.id)
-            cases.append(case)
+        out.append(build(d, f, s, seed, [dx, fx, sx]))
+    return out
 
+
+def _include_cases(model: SuiteModel, resolver: _Resolver, build: _CaseBuilder, positions: Positions) -> list[Case]:
+    """The explicit ``include_cases`` entries (an incompatible one is an error, not pruned)."""
+    out = []
     for i, extra in enumerate(model.include_cases):
         p = ("include_cases", i)
-        specs = {}
+        specs: dict[str, dict | None] = {}
         for kind in ("dataset", "family", "sampler"):
             if extra.get(kind) is None:
                 if kind != "sampler":
@@ -590,20 +548,16 @@ def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries
         seed = extra.get("seed", model.seed)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise SuiteError("seed must be an integer", locate(positions, p + ("seed",)))
-        reason = _compatibility(regs, specs["dataset"], specs["family"], specs["sampler"])
+        reason = _compatibility(build.regs, specs["dataset"], specs["family"], specs["sampler"])
         if reason:
             raise SuiteError(f"include_cases entry is incompatible: {reason}", locate(positions, p))
-        case = make_case(specs["dataset"], specs["family"], specs["sampler"], seed, [])
-        if case.id not in seen:
-            seen.add(case.id)
-            cases.append(case)
-
-    tracking = {"experiment": model.tracking.experiment or model.name, "uri": model.tracking.uri}
-    return ExpandedSuite(model.name, model.description, path, data, cases, pruned, tracking,
-                         model.store, model.results)
+        out.append(build(specs["dataset"], specs["family"], specs["sampler"], seed, []))
+    return out
 
 
-def _versions_for(case: Case, used: dict[str, str], regs: Registries, versions: dict[str, str]) -> dict[str, str]:
+def _versions_for(case: Case, regs: Registries, versions: dict[str, str]) -> dict[str, str]:
+    """``kind:name`` -> version of the plugin that registered it, for every component of the case;
+    a nested component is keyed under its parent's kind (``family:noise:gff``, ``metric:extractor:auto``)."""
     out = {}
 
     def add(kind: str, spec: dict | None) -> None:
@@ -611,10 +565,10 @@ def _versions_for(case: Case, used: dict[str, str], regs: Registries, versions: 
             return
         entry = regs[kind].entry(spec["name"])
         out[f"{kind}:{spec['name']}"] = versions.get(entry.plugin, "?")
-        for key, sub_kind in (entry.meta.get("components") or {}).items():
+        for key, sub_kind in entry.nested().items():
             if isinstance(spec.get(key), dict):
                 sub = regs[sub_kind].entry(spec[key]["name"])
-                out[f"family:{key}:{spec[key]['name']}"] = versions.get(sub.plugin, "?")
+                out[f"{kind}:{key}:{spec[key]['name']}"] = versions.get(sub.plugin, "?")
 
     add("dataset", case.dataset)
     add("family", case.family)

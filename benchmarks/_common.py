@@ -147,8 +147,7 @@ def build(kind: str, spec: dict, dataset, seed: int = 0):
 
     regs = registries()
     torch.manual_seed(derive_seed(seed, "torch-global"))  # what CaseRunner.run does before building
-    ctx = BuildContext(dataset.info, seed, Store(tempdir("store")),
-                       lambda kind, spec, c: regs[kind].create(spec, context=c), dataset=dataset)
+    ctx = BuildContext.from_registries(regs, seed=seed, store=Store(tempdir("store")), dataset=dataset)
     return regs[kind].create(spec, context=ctx)
 
 

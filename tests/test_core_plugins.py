@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import UnknownComponentError
+from bench.hookspecs import REGISTER_HOOKS
 from bench.registry import Registry
 
 BENCH = [sys.executable, "-m", "bench.cli"]
@@ -141,7 +142,7 @@ def test_unknown_plugins_module_is_a_clear_error():
     assert proc.returncode == 2 and "cannot import" in proc.stderr and "Traceback" not in proc.stderr
 
 
-KINDS = ["dataset", "metric", "noise", "schedule", "network", "family", "feature_extractor", "executor", "sampler"]
+KINDS = sorted(REGISTER_HOOKS.values())
 
 
 def test_new_plugin_scaffolds_pass_their_own_tests(tmp_path):
@@ -193,3 +194,16 @@ def test_new_plugin_rejects_bad_input(tmp_path):
     proc = subprocess.run(BENCH + ["new-plugin", "ok_name", "--kind", "samplr", "--dir", str(tmp_path / "y")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown kind" in proc.stderr
+
+
+def test_the_sampler_template_ships_with_bench_diffusion(tmp_path):
+    """The core holds no diffusion code: its templates cover every kind but the sampler, whose template
+    (written against the VP families) bench_diffusion provides through a hook."""
+    from bench.scaffold import CORE_TEMPLATES, read_templates
+
+    assert set(read_templates(CORE_TEMPLATES)) == set(KINDS) - {"sampler"}
+    env = dict(os.environ, BENCH_DISABLE_PLUGINS="diffusion")
+    proc = subprocess.run(BENCH + ["new-plugin", "my_s", "--kind", "sampler", "--dir", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "no loaded plugin provides a 'sampler' template" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -33,6 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.protocols import LikelihoodResult
+from bench.types import Levels
 
 from .processes import Process, _bcast, _t64, harmonic_mean, make_process
 
@@ -45,6 +46,7 @@ class DiffusionFamily(nn.Module):
     """A trainable diffusion model (see the module docstring for the interface)."""
 
     trainable = True
+    provides: frozenset = frozenset()  # stamped by Registry.create from the registration (plugin.py)
 
     def __init__(self, process: Process, net: nn.Module | None, *, name: str = "diffusion",
                  prediction: str = "eps", weighting: str = "auto", conditional: bool = True,
@@ -71,9 +73,6 @@ class DiffusionFamily(nn.Module):
         self.levels = levels
         self.network_spec = network_spec
         self.sigma_h = _sigma_h(process) if process.kind == "ve" else None
-        caps = {"diffusion", "eps", "score", "x0", "likelihood", process.kind,
-                "discrete" if process.discrete else "continuous"}
-        self.provides = frozenset(caps)
         self.likelihood_methods = ({"vlb": "discrete", "ode": "continuous"} if process.discrete and levels
                                    else {"ode": "continuous"})
 
@@ -255,24 +254,23 @@ def _family(name: str, kind: str, noise: Spec, schedule: Spec, T: int | None, pr
 
 # ---------------------------------------------------------------- registered factories
 
-Steps = Annotated[int, Field(ge=2, le=100000)]
 TMin = Annotated[float, Field(gt=0, lt=0.5)]
 
 
-def ddpm(noise: Spec = "isotropic", schedule: Spec = "linear", T: Steps = 1000, prediction: Prediction = "eps",
+def ddpm(noise: Spec = "isotropic", schedule: Spec = "linear", T: Levels = 1000, prediction: Prediction = "eps",
          weighting: Weighting = "auto", network: Spec = None, context=None) -> DiffusionFamily:
     """DDPM (Ho et al.; thesis 2.4) with T discrete steps; with a non-isotropic ``noise`` it is
     NI-DDPM (6.2). ``network=None``: mlp for points, unet for images."""
     return _family("ddpm", "vp", noise, schedule, T, prediction, weighting, network, context)
 
 
-def ni_ddpm(noise: Spec = "gff", schedule: Spec = "linear", T: Steps = 1000, prediction: Prediction = "eps",
+def ni_ddpm(noise: Spec = "gff", schedule: Spec = "linear", T: Levels = 1000, prediction: Prediction = "eps",
             weighting: Weighting = "auto", network: Spec = None, context=None) -> DiffusionFamily:
     """NI-DDPM (thesis 6.2): ddpm with GFF noise by default."""
     return _family("ni_ddpm", "vp", noise, schedule, T, prediction, weighting, network, context)
 
 
-def smld(noise: Spec = "isotropic", schedule: Spec = "geometric", L: Steps = 232, conditional: bool = True,
+def smld(noise: Spec = "isotropic", schedule: Spec = "geometric", L: Levels = 232, conditional: bool = True,
          harmonic_mean: bool = False, prediction: Prediction = "eps", weighting: Weighting = "auto",
          network: Spec = None, context=None) -> DiffusionFamily:
     """SMLD (Song & Ermon; thesis 2.5) with L geometric noise levels: a noise-conditional score
@@ -286,7 +284,7 @@ def smld(noise: Spec = "isotropic", schedule: Spec = "geometric", L: Steps = 232
                    conditional=conditional, harmonic_mean=harmonic_mean)
 
 
-def ni_smld(noise: Spec = "gff", schedule: Spec = "geometric", L: Steps = 232, conditional: bool = True,
+def ni_smld(noise: Spec = "gff", schedule: Spec = "geometric", L: Levels = 232, conditional: bool = True,
             harmonic_mean: bool = False, prediction: Prediction = "eps", weighting: Weighting = "auto",
             network: Spec = None, context=None) -> DiffusionFamily:
     """NI-SMLD (thesis 6.3): smld with GFF noise by default."""

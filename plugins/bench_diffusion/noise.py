@@ -19,6 +19,7 @@ covariances for low-dimensional point data (symmetric root from ``eigh``).
 from __future__ import annotations
 
 import abc
+import inspect
 import math
 from typing import Annotated, Any, Sequence
 
@@ -174,7 +175,8 @@ class GFF(PowerNoise):
 
     name = "gff"
 
-    def __init__(self, shape: Sequence[int], gamma: float = 1.0, dc: float = 1.0):
+    def __init__(self, shape: Sequence[int], gamma: Annotated[float, Field(ge=0, le=4)] = 1.0,
+                 dc: Annotated[float, Field(gt=0)] = 1.0):
         super().__init__(shape)
         if dc <= 0:
             raise ValueError(f"gff: dc must be > 0 (the DC term |k|=dc keeps Sigma invertible, E14); got {dc}")
@@ -270,15 +272,24 @@ def dense_matrix(op, shape: Sequence[int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- factories (registered)
 
-def isotropic(context=None) -> Isotropic:
-    """Sigma = I."""
-    return Isotropic(data_shape(context))
+def on_data_shape(cls: type) -> Any:
+    """The registered factory of a noise class: the class's own parameters (defaults and bounds, stated
+    once in its ``__init__``) plus ``context``, whose data gives ``shape``."""
+    sig = inspect.signature(cls, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "shape"]
+
+    def factory(context=None, **params: Any):
+        return cls(data_shape(context), **params)
+
+    context = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, default=None)
+    factory.__signature__ = sig.replace(parameters=[*own, context], return_annotation=cls)
+    factory.__name__ = factory.__qualname__ = cls.__name__.lower()
+    factory.__doc__ = cls.__doc__
+    return factory
 
 
-def gff(gamma: Annotated[float, Field(ge=0, le=4)] = 1.0, dc: Annotated[float, Field(gt=0)] = 1.0,
-        context=None) -> GFF:
-    """Gaussian free field noise, filter |k|^-gamma with the DC term at |k| = dc, diag(Sigma) = 1."""
-    return GFF(data_shape(context), gamma, dc)
+isotropic = on_data_shape(Isotropic)
+gff = on_data_shape(GFF)
 
 
 def anisotropic(cov: list[list[float]] | None = None,

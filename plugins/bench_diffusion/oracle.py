@@ -91,7 +91,6 @@ class OracleFamily(DiffusionFamily):
         super().__init__(process, None, name="oracle", **kw)
         self.oracle = MixtureEps(weights, means, covs, process.noise, process.shape)
         self.mixture = (weights, means, covs)
-        self.provides = self.provides | {"vp", "ve", "oracle"}
 
     def nfe_modules(self) -> list[nn.Module]:
         return [self.oracle]

@@ -2,6 +2,8 @@
 (docs/diffusion.md). Registration only: every target is a lazy ``"module:attr"`` string."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.hookspecs import hookimpl
 
 _P = "bench_diffusion"
@@ -21,13 +23,13 @@ def bench_register_noise_models(register):
 
 @hookimpl
 def bench_register_schedules(register):
-    register("linear", f"{_P}.schedules:linear", kind="vp", description="linear betas 1e-4..0.02 (VP)")
-    register("cosine", f"{_P}.schedules:cosine", kind="vp", description="cosine alpha_bar, s=0.008, clip 0.999 (VP)")
-    register("quadratic", f"{_P}.schedules:quadratic", kind="vp", description="quadratic betas (VP)")
-    register("sigmoid", f"{_P}.schedules:sigmoid", kind="vp", description="sigmoid betas (VP)")
-    register("geometric", f"{_P}.schedules:geometric", kind="ve",
+    register("linear", f"{_P}.schedules:Linear", kind="vp", description="linear betas 1e-4..0.02 (VP)")
+    register("cosine", f"{_P}.schedules:Cosine", kind="vp", description="cosine alpha_bar, s=0.008, clip 0.999 (VP)")
+    register("quadratic", f"{_P}.schedules:Quadratic", kind="vp", description="quadratic betas (VP)")
+    register("sigmoid", f"{_P}.schedules:Sigmoid", kind="vp", description="sigmoid betas (VP)")
+    register("geometric", f"{_P}.schedules:Geometric", kind="ve",
              description="geometric sigmas (VE/SMLD); sigma_max='auto' from the data's max Sigma^-1 distance")
-    register("karras", f"{_P}.schedules:karras", kind="ve", description="Karras/EDM sigmas, rho=7 (VE)")
+    register("karras", f"{_P}.schedules:Karras", kind="ve", description="Karras/EDM sigmas, rho=7 (VE)")
 
 
 @hookimpl
@@ -107,6 +109,12 @@ def bench_register_samplers(register):
              description="EDM Algorithm 2 without the Heun correction, NFE = steps")
     register("diffusers", f"{s}.diffusers_bridge:DiffusersScheduler", requires=["vp"],
              description="any diffusers scheduler (DPMSolverMultistep, UniPC, Euler, Heun, DEIS, ...) on a VP family")
+
+
+@hookimpl
+def bench_new_plugin_templates():
+    """``bench new-plugin --kind sampler``: a DDIM-style sampler written against the VP family interface."""
+    return Path(__file__).with_name("templates")
 
 
 @hookimpl

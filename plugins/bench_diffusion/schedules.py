@@ -29,7 +29,10 @@ from pydantic import Field
 
 T0 = 1000.0  # continuous beta(t) = T0 * beta at the matching discrete position (T = 1000 convention)
 
-Spacing = Literal["leading", "trailing", "linspace"]
+# the classes are the registered components: their signatures are the parameter schemas (bench.registry)
+Beta = Annotated[float, Field(gt=0, lt=1)]
+Positive = Annotated[float, Field(gt=0)]
+PositiveOrAuto = Positive | Literal["auto"]
 
 
 def respace(T: int, N: int, spacing: str) -> np.ndarray:
@@ -88,7 +91,7 @@ class Linear(VPSchedule):
 
     name = "linear"
 
-    def __init__(self, beta_min: float = 1e-4, beta_max: float = 0.02, rescale: bool = True):
+    def __init__(self, beta_min: Beta = 1e-4, beta_max: Beta = 0.02, rescale: bool = True):
         if not 0 < beta_min < beta_max < 1:
             raise ValueError(f"linear schedule needs 0 < beta_min < beta_max < 1, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max, self.rescale = float(beta_min), float(beta_max), bool(rescale)
@@ -137,7 +140,7 @@ class Sigmoid(Linear):
 
     name = "sigmoid"
 
-    def __init__(self, beta_min: float = 1e-4, beta_max: float = 0.02, range: float = 6.0,  # noqa: A002
+    def __init__(self, beta_min: Beta = 1e-4, beta_max: Beta = 0.02, range: Positive = 6.0,  # noqa: A002
                  rescale: bool = True):
         super().__init__(beta_min, beta_max, rescale)
         if range <= 0:
@@ -169,7 +172,8 @@ class Cosine(VPSchedule):
 
     name = "cosine"
 
-    def __init__(self, s: float = 0.008, max_beta: float = 0.999, min_alpha_bar: float = 1e-8):
+    def __init__(self, s: Annotated[float, Field(ge=0, lt=1)] = 0.008, max_beta: Beta = 0.999,
+                 min_alpha_bar: Annotated[float, Field(gt=0, lt=1e-2)] = 1e-8):
         if not 0 < max_beta < 1:
             raise ValueError("cosine schedule: max_beta must be in (0, 1)")
         if s < 0:
@@ -206,7 +210,7 @@ class VESchedule(abc.ABC):
     kind = "ve"
     name = "ve"
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float | str = "auto"):
+    def __init__(self, sigma_min: Positive = 0.01, sigma_max: PositiveOrAuto = "auto"):
         if sigma_min <= 0:
             raise ValueError(f"{self.name}: sigma_min must be > 0")
         if sigma_max != "auto" and float(sigma_max) <= sigma_min:
@@ -282,7 +286,7 @@ class Karras(VESchedule):
 
     name = "karras"
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float | str = "auto", rho: float = 7.0):
+    def __init__(self, sigma_min: Positive = 0.01, sigma_max: PositiveOrAuto = "auto", rho: Positive = 7.0):
         super().__init__(sigma_min, sigma_max)
         if rho <= 0:
             raise ValueError("karras: rho must be > 0")
@@ -314,44 +318,3 @@ def max_pairwise_distance(x: torch.Tensor, noise: Any, chunk: int = 512) -> floa
         d = torch.cdist(w[lo:lo + chunk], w)
         best = max(best, float(d.max()))
     return best
-
-
-# ---------------------------------------------------------------- factories (registered)
-
-Beta = Annotated[float, Field(gt=0, lt=1)]
-
-
-def linear(beta_min: Beta = 1e-4, beta_max: Beta = 0.02, rescale: bool = True) -> Linear:
-    """Linear betas, Ho et al. (1e-4 .. 0.02 at T = 1000)."""
-    return Linear(beta_min, beta_max, rescale)
-
-
-def cosine(s: Annotated[float, Field(ge=0, lt=1)] = 0.008, max_beta: Beta = 0.999,
-           min_alpha_bar: Annotated[float, Field(gt=0, lt=1e-2)] = 1e-8) -> Cosine:
-    """Cosine alpha_bar, Nichol & Dhariwal (s = 0.008, betas clipped at 0.999)."""
-    return Cosine(s, max_beta, min_alpha_bar)
-
-
-def quadratic(beta_min: Beta = 1e-4, beta_max: Beta = 0.02, rescale: bool = True) -> Quadratic:
-    """Quadratic betas: linspace(sqrt(beta_min), sqrt(beta_max))^2."""
-    return Quadratic(beta_min, beta_max, rescale)
-
-
-def sigmoid(beta_min: Beta = 1e-4, beta_max: Beta = 0.02, range: Annotated[float, Field(gt=0)] = 6.0,  # noqa: A002
-            rescale: bool = True) -> Sigmoid:
-    """Sigmoid betas over linspace(-range, range)."""
-    return Sigmoid(beta_min, beta_max, range, rescale)
-
-
-PositiveOrAuto = Annotated[float, Field(gt=0)] | Literal["auto"]
-
-
-def geometric(sigma_min: Annotated[float, Field(gt=0)] = 0.01, sigma_max: PositiveOrAuto = "auto") -> Geometric:
-    """Geometric SMLD sigmas; sigma_max="auto" = max pairwise data distance in the Sigma^-1 metric."""
-    return Geometric(sigma_min, sigma_max)
-
-
-def karras(sigma_min: Annotated[float, Field(gt=0)] = 0.01, sigma_max: PositiveOrAuto = "auto",
-           rho: Annotated[float, Field(gt=0)] = 7.0) -> Karras:
-    """Karras (EDM) sigmas with exponent rho."""
-    return Karras(sigma_min, sigma_max, rho)

@@ -34,19 +34,10 @@ def context(data: Any, seed: int = 0, networks: dict[str, Callable[..., Any]] | 
             log: Callable[[str], None] | None = None) -> BuildContext:
     """A BuildContext over ``data`` (a Dataset, or a DataInfo for dataset-free use). ``networks``
     maps extra network names to factories ``f(in_shape, **params)``."""
-    regs = registries()
-    info = getattr(data, "info", data)
-    nets = dict(networks or {})
-
-    def build_fn(kind: str, spec: dict, ctx: BuildContext) -> Any:
-        if kind == "network" and spec.get("name") in nets:
-            params = {k: v for k, v in spec.items() if k not in ("name", "id")}
-            return nets[spec["name"]](**params)
-        return regs[kind].create(spec, context=ctx)
-
     store = Store(tempfile.mkdtemp(prefix="bench-diffusion-store-"))
-    return BuildContext(info, seed, store, build_fn, log_fn=log or (lambda m: None),
-                        dataset=data if hasattr(data, "split") else None)
+    return BuildContext.from_registries(registries(), seed=seed, store=store, data=getattr(data, "info", data),
+                                        dataset=data if hasattr(data, "split") else None, log=log,
+                                        extra={("network", name): f for name, f in (networks or {}).items()})
 
 
 def build(kind: str, spec: Any, data: Any, **kw: Any) -> Any:

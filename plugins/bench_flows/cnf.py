@@ -37,8 +37,6 @@ def solver_pair(solver, atol, rtol, step_size, adjoint, eval_solver, eval_atol, 
 
 
 class CNF(FlowFamily):
-    provides = frozenset({"flow", "likelihood", "ode"})
-
     def __init__(self, hidden: tuple[Annotated[int, Field(gt=0)], ...] = (64, 64, 64),
                  blocks: Annotated[int, Field(ge=1)] = 1,
                  activation: Literal["softplus", "tanh", "elu", "swish"] = "softplus",

@@ -35,7 +35,6 @@ Pos = Annotated[float, Field(gt=0)]
 
 
 class LatentODE(NFEBookkeeping):
-    provides = frozenset({"ode", "video", "video_predict"})
     trainable = True
 
     def __init__(self, variant: Literal["deterministic", "vae"] = "deterministic",

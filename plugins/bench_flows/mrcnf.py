@@ -27,8 +27,6 @@ from .transforms import Logit, combine2d, decompose, multires_stds, pyramid
 
 
 class MRCNF(FlowFamily):
-    provides = frozenset({"flow", "likelihood", "ode", "multires"})
-
     def __init__(self, n_resolutions: Annotated[int, Field(ge=1, le=3)] = 2,
                  transform: Literal["haar", "unimodular"] = "unimodular",
                  multires_noise: bool = False, normal_resolution: Optional[Annotated[int, Field(gt=0)]] = None,

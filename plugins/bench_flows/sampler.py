@@ -17,8 +17,6 @@ Pos = Annotated[float, Field(gt=0)]
 
 
 class ODESampler:
-    requires = frozenset({"flow"})
-
     def __init__(self, temperature: Annotated[float, Field(ge=0)] = 1.0, solver: Optional[SolverName] = None,
                  atol: Optional[Pos] = None, rtol: Optional[Pos] = None, step_size: Optional[Pos] = None,
                  super_resolution: bool = False, context=None):

@@ -24,22 +24,17 @@ each extractor resizes inside (Inception, :mod:`bench_metrics.inception`: TF-com
 from __future__ import annotations
 
 import hashlib
-import threading
 from typing import Annotated, Any, Callable
 
 import torch
-import torch.nn.functional as F
-import torch_fidelity
 from pydantic import Field
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.errors import UserError
 from bench.store import content_key
 
 from . import digits_classifier as dc
 from .common import tensor_digest
-from .extractor_base import FidelityExtractor, cached_sha256, preprocessing, to_uint8_rgb, uint8_rgb_to_model
+from .extractor_base import FidelityExtractor, cached_sha256, preprocessing, to_uint8_rgb
 from .inception import InceptionV3
 
 __all__ = ["FidelityExtractor", "InceptionV3", "DigitsClassifier", "RandomProjection", "CallableExtractor", "auto",
@@ -48,88 +43,12 @@ __all__ = ["FidelityExtractor", "InceptionV3", "DigitsClassifier", "RandomProjec
 STORE_KIND = "feature_extractors"
 
 
-# ---------------------------------------------------------------------------------- torch-fidelity side
-class _Base(FeatureExtractorBase):
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-
-    @staticmethod
-    def _load(path: str | None) -> dict:
-        if not path:
-            raise ValueError("this feature extractor needs feature_extractor_weights_path")
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class FidelityDigitsCNN(_Base):
-    """torch-fidelity class of the digits CNN; weights file = ``{"arch": ..., "state_dict": ...}``."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        payload = self._load(feature_extractor_weights_path)
-        self.net = dc.DigitsCNN(**payload["arch"])
-        self.net.load_state_dict(payload["state_dict"])
-        self.requires_grad_(False)
-        self.eval()
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("features", "logits")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "features"
-
-    def forward(self, x):
-        assert x.dtype == torch.uint8 and x.dim() == 4, "expecting uint8 (N, C, H, W)"
-        feats = self.net.features(x)
-        out = {"features": feats, "logits": self.net.head(feats)}
-        return tuple(out[a] for a in self.features_list)
-
-
-class FidelityRandomProjection(_Base):
-    """torch-fidelity class of the random projection: ``f = W vec(u / 127.5 - 1)`` with ``u`` the
-    uint8 RGB image resized to the stored size; weights file = ``{"weight": W, "size": [H, W]}``."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        payload = self._load(feature_extractor_weights_path)
-        self.register_buffer("weight", payload["weight"].to(torch.float32))
-        self.size = tuple(payload["size"])
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("proj",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "proj"
-
-    def forward(self, x):
-        assert x.dtype == torch.uint8 and x.dim() == 4, "expecting uint8 (N, C, H, W)"
-        v = x.to(torch.float32) / 127.5 - 1
-        if v.shape[-2:] != self.size:
-            v = F.interpolate(v, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return (v.flatten(1) @ self.weight.T,)
-
-
-_FIDELITY_CLASSES = {"bench-digits-classifier": FidelityDigitsCNN, "bench-random-proj": FidelityRandomProjection}
-_REG_LOCK = threading.Lock()
-
-
 def register_with_torch_fidelity() -> None:
-    """Register this module's classes in torch-fidelity (idempotent)."""
-    with _REG_LOCK:
-        for name, cls in _FIDELITY_CLASSES.items():
-            if name not in FEATURE_EXTRACTORS_REGISTRY:
-                torch_fidelity.register_feature_extractor(name, cls)
+    """Register the torch-fidelity classes of the built-in extractors (idempotent). torch-fidelity is
+    imported here, when an extractor is prepared, not when the plugin's signatures are read."""
+    from . import fidelity_classes
 
-
-register_with_torch_fidelity()
+    fidelity_classes.register_builtin()
 
 
 # ---------------------------------------------------------------------------------- bench side
@@ -168,6 +87,7 @@ class DigitsClassifier(FidelityExtractor):
                            preprocessing(self.info.levels, True), self.arch, self.train_cfg)
 
     def prepare(self) -> None:
+        register_with_torch_fidelity()
         if self.weights_path is not None:
             return
         store = self.context.store
@@ -231,6 +151,7 @@ class RandomProjection(FidelityExtractor):
         return torch.randn(self.dim, in_dim, generator=gen, dtype=torch.float64).div(in_dim ** 0.5).float()
 
     def prepare(self) -> None:
+        register_with_torch_fidelity()
         if self.weights_path is not None:
             return
         store = self.context.store
@@ -270,9 +191,9 @@ class CallableExtractor(FidelityExtractor):
         self.name = str(self.spec.get("name"))
         digest = content_key(self.spec, type(fn).__module__, type(fn).__qualname__, self._state_digest())
         self.fidelity_name = f"bench-callable-{self.name.replace('/', '_')}-{digest[:12]}"
-        with _REG_LOCK:
-            if self.fidelity_name not in FEATURE_EXTRACTORS_REGISTRY:
-                torch_fidelity.register_feature_extractor(self.fidelity_name, self._make_class())
+        from . import fidelity_classes
+
+        fidelity_classes.register(self.fidelity_name, fidelity_classes.wrapped(self.fn, self.channels))
 
     def _state_digest(self) -> str:
         if isinstance(self.fn, torch.nn.Module):
@@ -282,27 +203,6 @@ class CallableExtractor(FidelityExtractor):
                 h.update(tensor_digest(v).encode())
             return h.hexdigest()
         return ""
-
-    def _make_class(self):
-        fn, channels = self.fn, self.channels
-
-        class _Wrapped(_Base):
-            def __init__(self, name, features_list, **kwargs):
-                super().__init__(name, features_list)
-
-            @staticmethod
-            def get_provided_features_list():
-                return ("features",)
-
-            @staticmethod
-            def get_default_feature_layer_for_metric(metric):
-                return "features"
-
-            def forward(self, x):
-                with torch.no_grad():
-                    return (torch.as_tensor(fn(uint8_rgb_to_model(x, channels))).float().reshape(len(x), -1),)
-
-        return _Wrapped
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "spec": self.spec, "wrapped": f"{type(self.fn).__module__}.{type(self.fn).__qualname__}"}

@@ -29,17 +29,23 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from torch_fidelity.metric_prc import (KEY_METRIC_F_SCORE, KEY_METRIC_PRECISION, KEY_METRIC_RECALL,
-                                       prc_features_to_metric)
-from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from bench.store import content_key
 
 from .common import OTHER_SPLIT, RealSets, generated, real_sets, tensor_digest
 from .digits_classifier import threads
-from .extractors import FidelityExtractor, as_fidelity_extractor, preprocessing, to_uint8_rgb
+from .extractors import (FidelityExtractor, as_fidelity_extractor, preprocessing, register_with_torch_fidelity,
+                         to_uint8_rgb)
+
+# torch-fidelity is imported inside the functions that use it, so that reading this module's signatures
+# (`bench validate`, `bench run --dry-run`) does not import it
+
+
+def fid_features_to_statistics(features: torch.Tensor) -> dict:
+    """torch-fidelity's ``fid_features_to_statistics`` (mean and covariance of the features)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics as stats
+
+    return stats(features)
 
 REF_KIND = "fidelity_reference"
 #: how often reference features were computed / loaded from the store in this process
@@ -72,6 +78,9 @@ def identity(ext: FidelityExtractor) -> dict[str, Any]:
 
 def fidelity_module(ext: FidelityExtractor):
     """torch-fidelity's extractor module for ``ext`` (created once per process)."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    register_with_torch_fidelity()
     kw = ext.fidelity_kwargs()
     key = tuple(sorted((k, str(v)) for k, v in kw.items()))
     with _LOCK:
@@ -84,6 +93,8 @@ def fidelity_module(ext: FidelityExtractor):
 
 def extract_features(ext: FidelityExtractor, images_u8: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Features ``(N, d)`` of uint8 RGB images, by torch-fidelity's own extraction loop."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
     with threads(getattr(ext, "threads", None)):
         out = get_featuresdict_from_dataset(ImageTensorDataset(images_u8), fidelity_module(ext), batch_size,
                                             cuda=False, save_cpu_ram=True, verbose=False)
@@ -147,6 +158,8 @@ def generated_features(ext: FidelityExtractor, x: torch.Tensor, info, quantize: 
 
 def fid_from_stats(a: dict, b: dict) -> float:
     """FID from two ``{"mu", "sigma"}`` statistics (torch-fidelity's ``fid_statistics_to_metric``)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     return float(fid_statistics_to_metric(a, b, False)[KEY_METRIC_FID])
 
 
@@ -157,6 +170,8 @@ def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
 def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subset_size: int = 1000) -> tuple[float, float]:
     """(mean, std) over subsets of the unbiased MMD^2 with KID's cubic kernel (torch-fidelity's
     ``kid_features_to_metric``; subset draws seeded by its default ``rng_seed``)."""
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
     try:  # many small matmuls: one BLAS thread is faster (much faster on a loaded machine)
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn brings it
@@ -171,6 +186,9 @@ def kid_from_features(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, subs
 
 def prc_from_features(generated: torch.Tensor, real: torch.Tensor, neighborhood: int = 3) -> dict[str, float]:
     """precision, recall and f_score (torch-fidelity's ``prc_features_to_metric``)."""
+    from torch_fidelity.metric_prc import (KEY_METRIC_F_SCORE, KEY_METRIC_PRECISION, KEY_METRIC_RECALL,
+                                           prc_features_to_metric)
+
     out = prc_features_to_metric(generated, real, prc_neighborhood=neighborhood, verbose=False)
     return {"precision": float(out[KEY_METRIC_PRECISION]), "recall": float(out[KEY_METRIC_RECALL]),
             "f_score": float(out[KEY_METRIC_F_SCORE])}

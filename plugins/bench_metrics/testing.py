@@ -40,8 +40,7 @@ def build_context(dataset: Any, store: Store | str | Path, seed: int = 0,
     """A :class:`BuildContext` of ``dataset`` whose ``build`` uses the registered components."""
     regs = registries()
     store = store if isinstance(store, Store) else Store(store)
-    return BuildContext(dataset.info, seed, store, lambda kind, spec, ctx: regs[kind].create(spec, context=ctx),
-                        log_fn=log or (lambda m: None), dataset=dataset)
+    return BuildContext.from_registries(regs, seed=seed, store=store, dataset=dataset, log=log)
 
 
 def metric_context(dataset: Any, samples: Any = None, *, store: Store | str | Path | None = None,

@@ -20,7 +20,7 @@ class DiffusionSampler:
     """
 
     name = "diffusion-sampler"
-    requires: frozenset = frozenset()
+    requires: frozenset = frozenset()  # stamped by Registry.create from the registration (plugin.py)
     needs_grad = False
 
     def __init__(self, steps: int | None = None, spacing: str | None = None, denoise: bool = True,

@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
+from bench.types import Spacing, Steps
+
 from .base import DiffusionSampler
 
-Steps = Annotated[int, Field(ge=1, le=100000)] | None
-SpacingT = Literal["leading", "trailing", "linspace"] | None
 
 
 class Ancestral(DiffusionSampler):
@@ -26,9 +26,8 @@ class Ancestral(DiffusionSampler):
     x0_hat = (x_t - sigma sqrt(Sigma) eps_hat) / alpha (6.2.15). NFE = steps."""
 
     name = "ancestral"
-    requires = frozenset({"vp"})
 
-    def __init__(self, steps: Steps = None, spacing: SpacingT = None,
+    def __init__(self, steps: Steps | None = None, spacing: Spacing | None = None,
                  variance: Literal["beta_tilde", "beta"] = "beta_tilde", clip_x0: bool | None = None,
                  context: Any = None):
         super().__init__(steps, spacing, True, clip_x0, context)
@@ -60,9 +59,9 @@ class DDIM(DiffusionSampler):
     variance). With clipping, eps_hat is recomputed from the clipped x0_hat. NFE = steps."""
 
     name = "ddim"
-    requires = frozenset({"vp"})
 
-    def __init__(self, steps: Steps = None, spacing: SpacingT = None, eta: Annotated[float, Field(ge=0, le=1)] = 0.0,
+    def __init__(self, steps: Steps | None = None, spacing: Spacing | None = None,
+                 eta: Annotated[float, Field(ge=0, le=1)] = 0.0,
                  clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, True, clip_x0, context)
         self.eta = eta

@@ -32,15 +32,15 @@ Gaussian data in tests/test_diffusion_langevin.py):
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field
 
+from bench.types import Spacing, Steps
+
 from .base import DiffusionSampler
 
-Steps = Annotated[int, Field(ge=1, le=100000)] | None
-SpacingT = Literal["leading", "trailing", "linspace"] | None
 TAU = 2.0  # ALD's default Langevin time per level, in units of the level's noise variance
 
 
@@ -73,10 +73,9 @@ class ALD(DiffusionSampler):
     min(1, 2 / n_steps_each) sigma~_min^2, a constant Langevin time per level; see the module docstring)."""
 
     name = "ald"
-    requires = frozenset({"ve", "score"})
 
-    def __init__(self, steps: Steps = None, n_steps_each: Annotated[int, Field(ge=1, le=1000)] = 5,
-                 step_lr: Annotated[float, Field(gt=0)] | None = None, spacing: SpacingT = None,
+    def __init__(self, steps: Steps | None = None, n_steps_each: Annotated[int, Field(ge=1, le=1000)] = 5,
+                 step_lr: Annotated[float, Field(gt=0)] | None = None, spacing: Spacing | None = None,
                  denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, denoise, clip_x0, context)
         self.n_steps_each, self.step_lr = n_steps_each, step_lr
@@ -107,10 +106,9 @@ class CAS(DiffusionSampler):
     real on this grid; see the module docstring)."""
 
     name = "cas"
-    requires = frozenset({"ve", "score"})
 
-    def __init__(self, steps: Steps = None, step_lr: Annotated[float, Field(gt=0)] | None = None,
-                 spacing: SpacingT = None, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
+    def __init__(self, steps: Steps | None = None, step_lr: Annotated[float, Field(gt=0)] | None = None,
+                 spacing: Spacing | None = None, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, denoise, clip_x0, context)
         self.step_lr = step_lr
 

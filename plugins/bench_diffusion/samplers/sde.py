@@ -17,10 +17,10 @@ import torch
 from pydantic import Field
 
 from bench.ode import SolverName, is_fixed_grid, solve_ode
+from bench.types import Steps
 
 from .base import DiffusionSampler
 
-Steps = Annotated[int, Field(ge=1, le=100000)]
 
 
 class EulerMaruyama(DiffusionSampler):
@@ -28,7 +28,6 @@ class EulerMaruyama(DiffusionSampler):
     + sqrt(g^2 dt) sqrt(Sigma) z (no noise on the last step). NFE = steps (+1 with ``denoise``)."""
 
     name = "euler_maruyama"
-    requires = frozenset({"score"})
 
     def __init__(self, steps: Steps = 1000, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, None, denoise, clip_x0, context)
@@ -109,7 +108,6 @@ class PFODE(DiffusionSampler):
     step size on the whole batch, so samples agree across batch sizes only to the tolerance."""
 
     name = "pf_ode"
-    requires = frozenset({"score"})
 
     def __init__(self, method: SolverName = "rk4", steps: Annotated[int, Field(ge=1, le=100000)] | None = 100,
                  atol: Annotated[float, Field(gt=0)] = 1e-5, rtol: Annotated[float, Field(gt=0)] = 1e-5,

@@ -1,0 +1,24 @@
+"""Parameter types shared by components, so that a bound is written once.
+
+Factories annotate their parameters with these; bench validates suite values against them before any
+case runs (pydantic, see :mod:`bench.registry`).
+
+- :data:`Steps`: a number of sampling steps (noise levels or integration steps), 1 to 100000. Samplers
+  that may use the family's own grid take ``Steps | None`` (None: the full training grid, or the
+  solver's own choice).
+- :data:`Levels`: the number of noise levels a discrete process is trained on (DDPM's ``T``, SMLD's
+  ``L``), 2 to 100000: a grid needs at least two levels.
+- :data:`Spacing`: how a discrete grid is respaced to fewer steps (diffusers' names: ``leading``,
+  ``trailing``, ``linspace``); samplers take ``Spacing | None`` (None: the process default).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+MAX_STEPS = 100_000
+
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Levels = Annotated[int, Field(ge=2, le=MAX_STEPS)]
+Spacing = Literal["leading", "trailing", "linspace"]
