@@ -233,7 +233,9 @@ class Registry:
 
     def create(self, spec: dict[str, Any], context: Any = None) -> Any:
         """Build a component from ``{"name": ..., **params}``; pass ``context`` if accepted. The
-        entry's registered capabilities (``requires``, ``provides``) are stamped onto the object."""
+        entry's registered capabilities (``requires``, ``provides``) are stamped onto the object (united
+        with any the object set on itself in ``__init__`` from its parameters, e.g. a path-dependent
+        capability)."""
         spec = dict(spec)
         name = spec.pop("name")
         spec.pop("id", None)
@@ -243,8 +245,10 @@ class Registry:
         if entry.accepts_context():
             params["context"] = context
         obj = factory(**params)
-        stamps = {"bench_spec": {"name": name, **spec},
-                  **{key: frozenset(entry.meta[key]) for key in CAPABILITIES if key in entry.meta}}
+        stamps: dict[str, Any] = {"bench_spec": {"name": name, **spec}}
+        for key in CAPABILITIES:
+            if key in entry.meta:  # the registered capabilities, plus any the object derived from its parameters
+                stamps[key] = frozenset(entry.meta[key]) | frozenset(vars(obj).get(key, ()) if hasattr(obj, "__dict__") else ())
         for key, value in stamps.items():
             try:
                 setattr(obj, key, value)

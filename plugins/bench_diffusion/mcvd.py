@@ -31,7 +31,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .families import DiffusionFamily, Spec, Steps, build_process
+from bench.types import Levels
+
+from .families import DiffusionFamily, Spec, build_process
 from .processes import Process
 
 Mask = Literal["past", "past_future", "none"]
@@ -226,7 +228,7 @@ class MCVD(DiffusionFamily):
 
 def mcvd(past: Annotated[int, Field(ge=1)] = 5, current: Annotated[int, Field(ge=1)] = 5,
          future: Annotated[int, Field(ge=0)] = 0, mask: Mask = "past", cond: Cond = "concat",
-         noise: Spec = "isotropic", schedule: Spec = "linear", T: Steps = 1000, network: Spec = None,
+         noise: Spec = "isotropic", schedule: Spec = "linear", T: Levels = 1000, network: Spec = None,
          video_sampler: Spec = None, context=None) -> MCVD:
     """MCVD (thesis ch. 7) on a video dataset (T, C, H, W). ``network``: extra parameters of the network
     that ``cond`` implies (``unet`` for concat, ``spatin_unet`` for spatin); ``video_sampler``: the VP

@@ -102,7 +102,6 @@ class DiffusersScheduler(DiffusionSampler):
     need not lie in [-1, 1], and clipping in whitened coordinates would not clip x."""
 
     name = "diffusers"
-    requires = frozenset({"vp"})
 
     def __init__(self, scheduler: SchedulerName = "DPMSolverMultistepScheduler",
                  steps: Annotated[int, Field(ge=1, le=100000)] = 20, options: dict[str, Any] | None = None,

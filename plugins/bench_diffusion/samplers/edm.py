@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from .base import DiffusionSampler
-from .discrete import Steps
+from bench.types import Steps
 
 NonNeg = Annotated[float, Field(ge=0)]
 
@@ -37,7 +37,6 @@ class EDMEuler(DiffusionSampler):
     """Algorithm 2 without the 2nd-order correction (see the module docstring). NFE = steps."""
 
     name = "edm_euler"
-    requires = frozenset({"edm"})
     second_order = False
 
     def __init__(self, steps: Steps = 18, S_churn: NonNeg = 0.0, S_tmin: NonNeg = 0.0,

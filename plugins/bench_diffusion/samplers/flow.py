@@ -18,7 +18,7 @@ from pydantic import Field
 from bench.ode import solve_ode
 
 from .base import DiffusionSampler
-from .discrete import Steps
+from bench.types import Steps
 
 Adaptive = Literal["dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8"]
 Tol = Annotated[float, Field(gt=0)]
@@ -29,7 +29,6 @@ class FlowODE(DiffusionSampler):
     (``steps=None``: the adaptive solver's own steps between t = 1 and t_min)."""
 
     name = "flow_ode"
-    requires = frozenset({"velocity"})
     method: ClassVar[str] = "euler"
 
     def __init__(self, steps: Steps = 50, context: Any = None):

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from .base import DiffusionSampler
-from .discrete import SpacingT, Steps
+from bench.types import Spacing, Steps
 
 Final = Literal["data", "level"]
 MAX_RATIO = 2.0  # lower_order_final: a step longer than this many times the previous one is first order
@@ -52,11 +52,10 @@ class MultistepSampler(DiffusionSampler):
     """Shared loop: a data prediction per level, a history of the last ``order`` predictions, and the
     order of each step (warm-up from first order; ``lower_order_final``)."""
 
-    requires = frozenset({"vp"})
     order = 1
     lower_order_final = True
 
-    def __init__(self, steps: Steps = 20, spacing: SpacingT = None, clip_x0: bool | None = None, context: Any = None):
+    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, True, clip_x0, context)
 
     def data_pred(self, family: Any, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -170,7 +169,7 @@ class DPMSolverPP3MSDE(MultistepSampler):
     name = "dpmpp_3m_sde"
     order = 3
 
-    def __init__(self, steps: Steps = 20, spacing: SpacingT = None, eta: Annotated[float, Field(ge=0, le=1)] = 1.0,
+    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, eta: Annotated[float, Field(ge=0, le=1)] = 1.0,
                  lower_order_final: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, clip_x0, context)
         self.eta, self.lower_order_final = eta, lower_order_final
@@ -235,7 +234,7 @@ class UniPC(MultistepSampler):
 
     name = "unipc"
 
-    def __init__(self, steps: Steps = 20, spacing: SpacingT = None, order: Literal[1, 2, 3] = 2,
+    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, order: Literal[1, 2, 3] = 2,
                  variant: Literal["bh1", "bh2"] = "bh2", corrector: bool = True, lower_order_final: bool = True,
                  clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, clip_x0, context)
@@ -336,7 +335,7 @@ class DEIS(MultistepSampler):
 
     name = "deis"
 
-    def __init__(self, steps: Steps = 20, spacing: SpacingT = None, order: Literal[1, 2, 3] = 3,
+    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, order: Literal[1, 2, 3] = 3,
                  lower_order_final: bool = True, clip_x0: bool | None = None, context: Any = None):
         super().__init__(steps, spacing, clip_x0, context)
         self.order, self.lower_order_final = int(order), lower_order_final
