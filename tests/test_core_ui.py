@@ -3,6 +3,8 @@ suite's key metrics as columns, picks the experiment bench logged last, and stop
 MLflow server with all its workers."""
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,3 +179,37 @@ def test_sigterm_stops_the_mlflow_server_and_all_its_workers(store, workdir):
             except ProcessLookupError:
                 pass
         ui.wait(10)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_printed_view_shows_the_case_runs_with_key_metric_columns_in_chromium(store, workdir):
+    uri, _, new = store
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "bench.cli", "ui", "--tracking-uri", uri, "--port", str(port),
+                           "-e", "newer"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        url = ui.stdout.readline().strip().split(": ", 1)[1]
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.time() < deadline and ui.poll() is None, "the MLflow UI never answered"
+                time.sleep(1)
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--window-size=3000,1600", f"--user-data-dir={workdir / 'profile'}",
+                              "--virtual-time-budget=45000", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=180).stdout
+        text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+        assert "newer/toy/fam/samp/seed=0" in text  # the case run, not folded under its parent
+        for column in ("fid", "kid", "custom", "train_time_s"):
+            assert column in text, column
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(60)
