@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -228,15 +229,17 @@ def ui(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
     from mlflow import MlflowClient
 
     from .tracking import _quiet_mlflow, check_tracking_uri, redact_uri
-    from .ui import pick_experiment, runs_view_url, save_key_metrics_view, serve, server_command
+    from .ui import check_port_free, pick_experiment, runs_view_url, save_key_metrics_view, serve, server_command
 
     remote = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").startswith(("http://", "https://"))
     uri = check_tracking_uri(tracking_uri, must_exist=True)
+    if not remote:
+        check_port_free(host, port)
     _quiet_mlflow()
     client = MlflowClient(tracking_uri=uri)
     exp = pick_experiment(client, experiment)
     view = save_key_metrics_view(client, exp.experiment_id) if exp is not None else None
-    base = redact_uri(uri) if remote else f"http://{host}:{port}"
+    base = re.sub(r"//[^/@]*@", "//", uri) if remote else f"http://{host}:{port}"  # no credentials in the URL
     url = runs_view_url(base, exp.experiment_id if exp is not None else None, view)
     what = f"experiment '{exp.name}'" if exp is not None else "no bench experiment yet"
     typer.echo(f"MLflow UI for {redact_uri(uri)}, {what}: {url}")

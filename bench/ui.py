@@ -107,6 +107,20 @@ def server_command(uri: str, host: str, port: int) -> list[str]:
     return cmd
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line user error when ``host:port`` cannot be listened on (MLflow would fail later, noisily)."""
+    import socket
+
+    from .errors import UserError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot serve the MLflow UI on {host}:{port}: {exc.strerror or exc}",
+                        hint="pass another --port") from None
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``, from /proc."""
     members = []

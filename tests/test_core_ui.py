@@ -213,3 +213,14 @@ def test_the_printed_view_shows_the_case_runs_with_key_metric_columns_in_chromiu
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(60)
+
+
+def test_a_busy_port_is_a_user_error(store):
+    uri, _, _ = store
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["ui", "--tracking-uri", uri, "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot serve the MLflow UI on 127.0.0.1:{port}" in result.output and "--port" in result.output
