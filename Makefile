@@ -3,29 +3,38 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.bench-installed
+TEST_STAMP := $(VENV)/.bench-test-installed
 SUITE   ?= suites/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-slow clean
+.PHONY: install install-test run test test-slow clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch and torchvision first, pinned to the CPU-usable builds this machine's pip serves locally
+# torch and torchvision first, pinned to the builds this machine's pip serves locally. `make run` installs
+# only what the main job needs; `make test` adds the test extras (pytest, Ray, diffusers, psycopg2) on top,
+# each step with its own stamp, so `make run` then `make test` works and so does `make test` alone.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e .
 	@touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 run: install
 	$(VENV)/bin/bench run $(SUITE)
 
-test: install
+test: install-test
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install-test
 	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -250,22 +251,33 @@ def power(delta: float = typer.Option(..., "--delta", help="the difference of th
 @app.command()
 @guarded
 def ui(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+       experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
+                                                help="experiment to open (default: the one bench logged last)"),
        host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(5000, "--port")) -> None:
-    """Start the MLflow UI on the same store and print its address."""
-    import subprocess
+    """Start the MLflow UI on the store and print the experiment's runs view (key metrics as columns).
 
-    from .tracking import redact_uri, resolve_uri
+    With an http(s) tracking URI no server is started: bench prints the view's URL on that server."""
+    from mlflow import MlflowClient
 
-    uri = resolve_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()]
-    typer.echo(f"MLflow UI for {redact_uri(uri)} at http://{host}:{port}  (Ctrl-C to stop)")
+    from .tracking import _quiet_mlflow, check_tracking_uri, redact_uri
+    from .ui import check_port_free, pick_experiment, runs_view_url, save_key_metrics_view, serve, server_command
+
+    remote = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").startswith(("http://", "https://"))
+    uri = check_tracking_uri(tracking_uri, must_exist=True)
+    if not remote:
+        check_port_free(host, port)
+    _quiet_mlflow()
+    client = MlflowClient(tracking_uri=uri)
+    exp = pick_experiment(client, experiment)
+    view = save_key_metrics_view(client, exp.experiment_id) if exp is not None else None
+    base = re.sub(r"//[^/@]*@", "//", uri) if remote else f"http://{host}:{port}"  # no credentials in the URL
+    url = runs_view_url(base, exp.experiment_id if exp is not None else None, view)
+    what = f"experiment '{exp.name}'" if exp is not None else "no bench experiment yet"
+    typer.echo(f"MLflow UI for {redact_uri(uri)}, {what}: {url}")
+    if remote:
+        return
     sys.stdout.flush()
-    try:
-        raise typer.Exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    raise typer.Exit(serve(server_command(uri, host, port), f"http://{host}:{port}/health", typer.echo))
 
 
 @app.command("log")

@@ -19,7 +19,7 @@ from .redact import redact_secrets
 from .runner import CaseJob, RunSettings
 from .suite import ExpandedSuite, dump_yaml
 from .timing import machine_fingerprint
-from .tracking import Tracker, redact_uri
+from .tracking import Tracker, check_tracking_uri, redact_uri
 
 HEADLINE = ("fid", "fid_floor", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
 BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "num_params",
@@ -46,6 +46,9 @@ def _sigterm(signum, frame):  # noqa: ARG001
 
 def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
               echo: Callable[[str], None] = print) -> int:
+    # tracking first: a bad tracking URI must not leave a results directory behind
+    uri = check_tracking_uri(opts.tracking_uri or suite.tracking.get("uri"))
+    tracker = Tracker(uri, suite.tracking["experiment"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_dir = Path(opts.results_root or suite.results) / suite.name / stamp
     n = 1
@@ -56,8 +59,6 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     (results_dir / "suite.yaml").write_text(dump_yaml(redact_secrets(suite.raw)))  # no credentials on disk
     (results_dir / "cases.json").write_text(json.dumps([c.to_dict() for c in suite.cases], indent=1))
 
-    uri = opts.tracking_uri or suite.tracking.get("uri")
-    tracker = Tracker(uri, suite.tracking["experiment"])
     fingerprint = machine_fingerprint()
     tags = {"bench.version": _bench_version(), "bench.suite": suite.name, "bench.results_dir": str(results_dir),
             **{f"bench.machine.{k}": v for k, v in fingerprint.items()}, "bench.host": socket.gethostname()}
@@ -208,7 +209,7 @@ def relog(results_dir: Path, uri: str | None, experiment: str | None, echo=print
 
         raise UserError(f"no case records under {results_dir}/cases")
     suite = records[0]["case_id"].split("/")[0]
-    tracker = Tracker(uri, experiment or suite)
+    tracker = Tracker(check_tracking_uri(uri), experiment or suite)
     tracker.start_parent(f"{suite}@relog", {"suite": suite, "cases": len(records), "relog_of": str(results_dir)},
                          {"bench.version": _bench_version(), "bench.suite": suite})
     for r in records:

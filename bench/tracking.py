@@ -81,6 +81,54 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+def check_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
+    """Resolve ``uri`` (:func:`resolve_uri`) and refuse the mistakes a user can make with it, each as a
+    one-line :class:`~bench.errors.UserError` (exit 2) with the URI redacted:
+
+    * a ``file:`` URI or a plain path: MLflow 3 keeps its file store in maintenance mode, so bench
+      asks for a SQLite store (``sqlite:///path/mlflow.db``) instead;
+    * a SQLite database whose directory does not exist: bench does not create it (a typo in the path
+      would otherwise silently start a second, empty store); the message names the directory;
+    * a SQLite database that cannot be written (probed by opening it, or by creating a file next to
+      it, so it also holds for root and read-only mounts);
+    * with ``must_exist`` (``bench ui``), a SQLite database that does not exist yet.
+
+    Other schemes (``postgresql://``, ``http://`` ...) pass unchanged; reaching them is the Tracker's
+    job. Call this before constructing a :class:`Tracker`."""
+    from .errors import UserError
+
+    raw = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    scheme = raw.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", raw) else ""
+    if scheme in ("", "file") and raw not in ("databricks", "databricks-uc"):
+        raise UserError(f"tracking URI '{redact_uri(raw)}' is an MLflow file store, which MLflow 3 keeps in "
+                        "maintenance mode; use a SQLite store instead, e.g. sqlite:///path/mlflow.db")
+    uri = resolve_uri(raw)
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return uri
+    db = Path(uri[len("sqlite:///"):])
+    if not db.parent.is_dir():
+        raise UserError(f"tracking URI {redact_uri(uri)}: the directory {db.parent} does not exist",
+                        hint=f"create it first (mkdir -p {db.parent}) or fix the path")
+    if db.is_dir():
+        raise UserError(f"tracking URI {redact_uri(uri)}: {db} is a directory, not a SQLite database file")
+    if not db.exists() and must_exist:
+        raise UserError(f"tracking URI {redact_uri(uri)}: no MLflow store at {db}",
+                        hint="`bench run` creates it; or pass --tracking-uri")
+    try:
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+        else:
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(dir=db.parent, prefix=f".{db.name}.probe-"):
+                pass
+    except OSError as exc:
+        raise UserError(f"tracking URI {redact_uri(uri)}: cannot write the SQLite store "
+                        f"{db if db.exists() else db.parent}: {exc.strerror or exc}") from None
+    return uri
+
+
 def search_runs_frame(uri: str | None, experiment_names: list[str], **kwargs):
     """``mlflow.search_runs`` (a pandas DataFrame) against ``uri``, without leaving the process-wide
     tracking URI (and ``$MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` sets) changed."""
