@@ -175,6 +175,8 @@ def _quiet_mlflow() -> None:
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # bench makes no network call at run time; MLflow's telemetry also delays every exit by ~5 s offline
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # MLflow prints "View run NAME at: URL" (URL with the credentials) to stdout for HTTP stores
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     for key, value in HTTP_DEFAULTS.items():
