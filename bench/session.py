@@ -7,18 +7,19 @@ can be re-fed with ``bench log DIR``.
 from __future__ import annotations
 
 import json
-import signal
+import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .executors import signals
 from .plugins import PluginManager, _bench_version
 from .runner import CaseJob, RunSettings
 from .suite import ExpandedSuite, dump_yaml
 from .timing import machine_fingerprint
-from .tracking import Tracker, redact_uri
+from .tracking import Tracker, driver_tags, redact_uri
 
 HEADLINE = ("fid", "fid_floor", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
 BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "num_params",
@@ -37,10 +38,7 @@ class RunOptions:
     results_root: str | None = None
     store: str | None = None
     threads: int | None = None
-
-
-def _sigterm(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt("SIGTERM")
+    retry_failed: bool = False
 
 
 def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
@@ -57,9 +55,12 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
 
     uri = opts.tracking_uri or suite.tracking.get("uri")
     tracker = Tracker(uri, suite.tracking["experiment"])
+    for run_id in tracker.close_stale_parents():
+        echo(f"bench: parent run {run_id[:8]} of a bench run that is gone (killed) was still RUNNING; marked KILLED")
     fingerprint = machine_fingerprint()
     tags = {"bench.version": _bench_version(), "bench.suite": suite.name, "bench.results_dir": str(results_dir),
-            **{f"bench.machine.{k}": v for k, v in fingerprint.items()}, "bench.host": socket.gethostname()}
+            **{f"bench.machine.{k}": v for k, v in fingerprint.items()}, "bench.host": socket.gethostname(),
+            **driver_tags()}
     for name, version in manager.versions().items():
         tags[f"bench.plugin.{name}"] = version
     parent = tracker.start_parent(f"{suite.name}@{stamp}", {"suite": suite.name, "cases": len(suite.cases),
@@ -75,6 +76,12 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     echo(f"bench: tracking {redact_uri(tracker.uri)}  experiment '{tracker.experiment}'  parent run {parent[:8]}")
 
     store = opts.store or suite.store
+    if opts.retry_failed:
+        from .store import Store
+        from .trainer import clear_failures
+
+        cleared = clear_failures(Store(store), {c.train_key for c in todo})
+        echo(f"bench: --retry-failed: {cleared} failed training(s) will be retried")
     settings = RunSettings(store=store, results_dir=str(results_dir), plugins=tuple(opts.plugins),
                            quiet=opts.quiet, threads=opts.threads)
     records: list[dict[str, Any]] = []
@@ -106,7 +113,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
 
     executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
                                                    **({"address": opts.ray_address} if opts.ray_address else {})})
-    old = signal.signal(signal.SIGTERM, _sigterm)
+    old = signals.install()  # SIGINT/SIGTERM stop the run; a component's KeyboardInterrupt does not
     interrupted = False
     try:
         executor.run(jobs(), on_result)
@@ -115,7 +122,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         echo("bench: interrupted; finished cases are kept, and `bench run` again resumes the rest")
         _log_killed(results_dir, records, tracker, case_tags)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signals.restore(old)
 
     failed = [r for r in records if r["status"] != "ok"]
     summary = summarize(records)

@@ -1,9 +1,11 @@
-"""Sequential, in-process execution (the default)."""
+"""Sequential execution on this machine (the default): one case at a time in one case worker, a
+child process the driver can stop when a case runs past its budget (see ``worker.py``)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ..runner import CaseJob, run_case
+from ..runner import CaseJob
+from .worker import run_jobs
 
 
 class LocalExecutor:
@@ -11,5 +13,7 @@ class LocalExecutor:
         self.workers = 1
 
     def run(self, jobs: Iterable[CaseJob], on_result: Callable[[dict], None]) -> None:
-        for job in jobs:
-            on_result(run_case(job))
+        import torch
+
+        # the case runs with the driver's thread count unless --threads says otherwise (bit-identical results)
+        run_jobs(jobs, on_result, workers=1, threads=torch.get_num_threads())
