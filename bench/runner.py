@@ -339,7 +339,7 @@ class CaseRunner:
                        "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
                        "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid(),
                        "threads": torch.get_num_threads()})
-        if self.series.get("train_loss"):
+        if self.series.get("train_loss") and record["status"] != "killed":  # a stopping run must not wait on plots
             path = self.dir / "loss.png"
             with contextlib.suppress(Exception):
                 plots.loss_curve(self.series["train_loss"], path, self.case.id)
