@@ -24,8 +24,8 @@ import torch
 from . import plots, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .errors import BudgetExceeded, CaseFailed
-from .hookspecs import hookimpl
 from .executors import signals
+from .hookspecs import hookimpl
 from .rng import derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label

@@ -101,8 +101,9 @@ def load_checkpoint(path: Path, family: torch.nn.Module) -> dict[str, Any]:
     before = {k: v.detach().clone() for k, v in family.state_dict().items()}
     try:  # weights_only: a checkpoint is data, never code
         state = torch.load(path, map_location="cpu", weights_only=True)
-        float(state["train_time_s"])
-        [(int(step), float(v)) for step, v in state["loss_curve"]]
+        float(state["train_time_s"])  # the fields a run reads: a missing or malformed one raises here
+        for step, value in state["loss_curve"]:
+            int(step), float(value)
         family.load_state_dict(state["ema_state"] if state.get("ema_state") else state["state"])
     except BaseException:
         family.load_state_dict(before)

@@ -7,7 +7,6 @@ import os
 from typing import Any, Callable, Iterable
 
 from ..runner import CaseJob
-from .worker import failed_record as _failed  # noqa: F401 - kept for executors that import it
 from .worker import run_jobs
 
 
