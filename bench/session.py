@@ -53,6 +53,9 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     (results_dir / "suite.yaml").write_text(dump_yaml(suite.raw))
     (results_dir / "cases.json").write_text(json.dumps([c.to_dict() for c in suite.cases], indent=1))
 
+    # created first: an executor may start its workers now, while the driver opens MLflow
+    executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
+                                                   **({"address": opts.ray_address} if opts.ray_address else {})})
     uri = opts.tracking_uri or suite.tracking.get("uri")
     tracker = Tracker(uri, suite.tracking["experiment"])
     for run_id in tracker.close_stale_parents():
@@ -111,8 +114,6 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
             manager.hook.bench_case_finished(case=case, record=record)
         echo("  " + _status_line(record))
 
-    executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
-                                                   **({"address": opts.ray_address} if opts.ray_address else {})})
     old = signals.install()  # SIGINT/SIGTERM stop the run; a component's KeyboardInterrupt does not
     interrupted = False
     try:

@@ -1,22 +1,20 @@
 """Cost of running cases in a watched worker process (the local executor) instead of in the driver.
 
-The cases are the quickstart's (suites/quickstart.yaml, resolved by bench) made small with
-``train.steps=20``, ``eval.num_samples=64``, ``eval.grid=0`` and only the ``swd`` metric, so that the
-fixed costs of isolation are not drowned by the work. Every model is trained once before timing
-(the store is warm, as on a resumed or repeated run). Each timed pass is a fresh Python process
-that imports bench, loads the suite (as ``bench run`` does) and then runs every case, timed from
-the first case to the last record, interleaved over ``--repeats``:
+Two end-to-end ``bench run`` commands on the quickstart (suites/quickstart.yaml) made small with
+``--set train.steps=20 eval.num_samples=64 eval.grid=0 metrics=[swd]`` so that the fixed costs of
+isolation are not drowned by the work, ``--threads 1 -q --no-resume``, each a fresh process with
+its own MLflow database, the store warm (every model trained once before timing, as on a repeated
+run), interleaved over ``--repeats``:
 
-- ``in-process``: every case through ``run_case`` in that process, as the old local executor did;
-- ``worker``: the same cases through ``executors.worker.run_jobs`` with one worker (what ``bench
-  run`` does now): a spawned interpreter that imports torch and the plugins once, then per case the
-  job and its record through a pipe and the driver's watch loop.
+- ``worker``: ``--executor local``, what ``bench run`` does now (one spawned case worker that the
+  driver watches; it starts while the driver opens MLflow);
+- ``in-process``: ``--executor inprocess``, an executor defined in this file (loaded with
+  ``--plugins isolation``) that calls ``run_case`` in the driver, as the local executor did before.
 
-Both passes start cold (first imports of the plugins' modules, matplotlib, ...), as a real run does.
-Reported: seconds per pass, the paired ratio worker / in-process, the difference per run, and that
-difference as a share of a quickstart run of ``--quickstart-seconds`` wall time (default 207 s,
-docs/scaling.md's idle-machine figure at --threads 1): the isolation costs a fixed amount per run
-plus a small amount per case, both in the difference.
+Reported: wall seconds per run, the paired ratio worker / in-process, and the paired difference as
+a share of a quickstart run of ``--quickstart-seconds`` (default 207 s, docs/scaling.md's
+idle-machine figure at --threads 1): the isolation costs a fixed amount per run (a second
+interpreter importing torch and the plugins) plus a pipe round trip per case, both in the difference.
 """
 from __future__ import annotations
 
@@ -30,73 +28,70 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["train.steps=20", "eval.num_samples=64", "eval.grid=0", "metrics=[swd]"]
 
 
-def one_pass(variant: str, store: str, threads: int) -> float:
-    """Run every small quickstart case once in this (fresh) process; the seconds it took."""
-    import time
+class InProcessExecutor:
+    """The pre-isolation local executor: every case in the driver process."""
 
-    import torch
+    def __init__(self, workers=None, **_):
+        self.workers = 1
 
-    from bench.executors.worker import run_jobs
-    from bench.plugins import get_manager
-    from bench.runner import CaseJob, RunSettings, run_case
-    from bench.suite import load_suite
+    def run(self, jobs, on_result):
+        from bench.runner import run_case
 
-    torch.set_num_threads(threads)
-    manager = get_manager(())
-    suite = load_suite(ROOT / "suites" / "quickstart.yaml", manager.registries, manager.versions(), SMALL)
-    settings = RunSettings(store=store, results_dir=str(Path(store).parent / f"results-{variant}"), quiet=True,
-                           threads=threads)
-    jobs = [CaseJob(c.to_dict(), settings, i, len(suite.cases)) for i, c in enumerate(suite.cases)]
-    start = time.perf_counter()
-    if variant == "in-process":
-        out = [run_case(job) for job in jobs]
-    else:
-        out = []
-        run_jobs(jobs, out.append, workers=1, threads=threads)
-    seconds = time.perf_counter() - start
-    assert [r["status"] for r in out] == ["ok"] * len(jobs), [r.get("error") for r in out]
-    return seconds
+        for job in jobs:
+            on_result(run_case(job))
+
+
+try:
+    from bench.hookspecs import hookimpl
+
+    @hookimpl
+    def bench_register_executors(register):
+        register("inprocess", "isolation:InProcessExecutor", description="benchmarks/isolation.py only")
+except ImportError:  # pragma: no cover
+    pass
 
 
 def main() -> None:
-    import json
+    import os
     import subprocess
+    import time
 
     p = C.parser(__doc__, repeats=3)
     p.add_argument("--quickstart-seconds", type=float, default=207.0,
                    help="wall time of `bench run suites/quickstart.yaml --threads 1` to project onto")
-    p.add_argument("--pass", dest="one", nargs=2, metavar=("VARIANT", "STORE"), help=argparse_hidden())
     args = p.parse_args()
-    if args.one:
-        print(json.dumps(one_pass(args.one[0], args.one[1], args.threads)))
-        return
-    C.setup(args)
-    store = str(C.tempdir("isolation") / "store")
+    work = C.tempdir("isolation")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent),
+                                                         os.environ.get("PYTHONPATH", "")]))
+    sets = [x for kv in SMALL for x in ("--set", kv)]
+    count = [0]
 
-    def run(variant: str) -> float:
-        cmd = [sys.executable, __file__, "--threads", str(args.threads), "--pass", variant, store]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])
+    def run(executor: str) -> float:
+        count[0] += 1
+        cmd = [sys.executable, "-m", "bench.cli", "run", str(ROOT / "suites" / "quickstart.yaml"), *sets, "-q",
+               "--no-resume", "--threads", str(args.threads), "--store", str(work / "store"),
+               "--results", str(work / f"results{count[0]}"), "--tracking-uri", f"sqlite:///{work}/mlflow{count[0]}.db",
+               "--executor", executor, "--plugins", "isolation"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{executor}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        return seconds
 
-    run("in-process")  # trains every model once: the timed passes load checkpoints
-    times = C.interleave({"in-process": lambda: run("in-process"), "worker": lambda: run("worker")},
+    run("inprocess")  # trains every model once: the timed runs load checkpoints
+    times = C.interleave({"in-process": lambda: run("inprocess"), "worker": lambda: run("local")},
                          args.repeats, warmup=False)
     diffs = [w - i for w, i in zip(times["worker"], times["in-process"])]
     share = C.med(diffs) / args.quickstart_seconds
     rows = [["in-process", C.spread(times["in-process"]), ""],
             ["worker", C.spread(times["worker"]), f"{C.ratio(times, 'worker', 'in-process'):.3f}"]]
-    body = C.table(["10 small quickstart cases, one cold process per pass", "seconds, median [min-max]",
+    body = C.table(["`bench run`, 10 small quickstart cases", "wall seconds, median [min-max]",
                     "paired ratio to in-process"], rows)
     notes = [f"difference per run (worker - in-process, paired): median {C.med(diffs):.2f} s "
              f"[{min(diffs):.2f} to {max(diffs):.2f}] over {args.repeats} repeats",
              f"as a share of a {args.quickstart_seconds:g} s quickstart run: {100 * share:.1f}% (target <= 5%)"]
     C.emit("Case isolation (one watched worker) vs in-process", body, args, notes)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from ..runner import CaseJob
-from .worker import run_jobs
+from .worker import CaseWorker, run_jobs
 
 
 def distinct_training_first(jobs: list[CaseJob]) -> list[CaseJob]:
@@ -28,11 +28,14 @@ def distinct_training_first(jobs: list[CaseJob]) -> list[CaseJob]:
 class ProcessExecutor:
     def __init__(self, workers: int | None = None, **_: Any):
         self.workers = max(1, workers or (os.cpu_count() or 1))
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.pool = [CaseWorker(self.threads) for _ in range(self.workers)]  # start while MLflow opens
 
     def run(self, jobs: Iterable[CaseJob], on_result: Callable[[dict], None]) -> None:
         jobs = distinct_training_first(list(jobs))
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
         for job in jobs:
             job.settings.quiet = True
-            job.settings.threads = job.settings.threads or threads
-        run_jobs(jobs, on_result, workers=min(self.workers, max(1, len(jobs))), threads=threads)
+            job.settings.threads = job.settings.threads or self.threads
+        for extra in self.pool[max(1, len(jobs)):]:  # more workers than cases
+            extra.close()
+        run_jobs(jobs, on_result, workers=len(self.pool), threads=self.threads, pool=self.pool[:max(1, len(jobs))])

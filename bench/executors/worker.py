@@ -209,10 +209,12 @@ def with_suppressed(fn, *args) -> None:
         pass
 
 
-def run_jobs(jobs: Iterable[CaseJob], on_result: Callable[[dict], None], workers: int, threads: int) -> None:
-    """Run ``jobs`` on ``workers`` case workers; ``on_result(record)`` in the driver as each ends.
-    Jobs are taken from the iterable only when a worker is free (queued cases never start early)."""
-    pool = [CaseWorker(threads) for _ in range(workers)]
+def run_jobs(jobs: Iterable[CaseJob], on_result: Callable[[dict], None], workers: int, threads: int,
+             pool: list[CaseWorker] | None = None) -> None:
+    """Run ``jobs`` on ``workers`` case workers (``pool``, if already started); ``on_result(record)``
+    in the driver as each ends. Jobs are taken from the iterable only when a worker is free (queued
+    cases never start early). The workers are closed at the end."""
+    pool = pool or [CaseWorker(threads) for _ in range(workers)]
     pending = iter(jobs)
     exhausted = False
     try:
