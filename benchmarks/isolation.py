@@ -59,7 +59,12 @@ def main() -> None:
     p = C.parser(__doc__, repeats=3)
     p.add_argument("--quickstart-seconds", type=float, default=207.0,
                    help="wall time of `bench run suites/quickstart.yaml --threads 1` to project onto")
+    p.add_argument("--direct-only", action="store_true", help="only the direct per-run and per-case costs")
     args = p.parse_args()
+    direct = direct_costs(args.repeats)
+    if args.direct_only:
+        C.emit("Case isolation: direct costs", direct, args)
+        return
     work = C.tempdir("isolation")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent),
                                                          os.environ.get("PYTHONPATH", "")]))
@@ -91,7 +96,43 @@ def main() -> None:
     notes = [f"difference per run (worker - in-process, paired): median {C.med(diffs):.2f} s "
              f"[{min(diffs):.2f} to {max(diffs):.2f}] over {args.repeats} repeats",
              f"as a share of a {args.quickstart_seconds:g} s quickstart run: {100 * share:.1f}% (target <= 5%)"]
-    C.emit("Case isolation (one watched worker) vs in-process", body, args, notes)
+    C.emit("Case isolation (one watched worker) vs in-process", direct + "\n\n" + body, args, notes)
+
+
+def direct_costs(repeats: int) -> str:
+    """The isolation's own costs, measured directly: starting a worker until it has imported torch
+    and bench and exits (per run; ``bench run`` overlaps it with opening MLflow), and one case's
+    messages (the job, "started", the record of a quickstart case) through the worker's pipe."""
+    import multiprocessing as mp
+    import time
+
+    from bench.executors.worker import CaseWorker
+    from bench.plugins import get_manager
+    from bench.runner import CaseJob, RunSettings
+    from bench.suite import load_suite
+
+    spawn = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        w = CaseWorker(1)
+        w.conn.send(None)  # exits once torch and bench are imported and it reads the pipe
+        w.proc.join()
+        spawn.append(time.perf_counter() - start)
+    manager = get_manager(())
+    case = load_suite(ROOT / "suites" / "quickstart.yaml", manager.registries, manager.versions(), SMALL).cases[0]
+    job = CaseJob(case.to_dict(), RunSettings(store="s", results_dir="r"))
+    record = {"case_id": case.id, "config": case.config(), "metrics": {f"m{i}": float(i) for i in range(40)},
+              "series": {"train_loss": [(i, 0.5) for i in range(200)]}, "notes": ["x" * 80] * 5}
+    a, b = mp.Pipe()
+    trips = []
+    for _ in range(200):
+        start = time.perf_counter()
+        a.send(job), b.recv(), b.send(("started", None)), a.recv(), b.send(("record", record)), a.recv()
+        trips.append(time.perf_counter() - start)
+    return C.table(["direct cost", "median [min-max]"],
+                   [["worker start to exit (spawn, imports), per run", C.spread(spawn) + " s"],
+                    ["job + started + record through the pipe, per case",
+                     f"{C.med(trips) * 1e3:.3f} [{min(trips) * 1e3:.3f}-{max(trips) * 1e3:.3f}] ms"]])
 
 
 if __name__ == "__main__":
