@@ -142,6 +142,7 @@ def test_a_huge_training_stops_at_its_budget(workdir):
     assert time.monotonic() - start < 90
 
 
+@pytest.mark.slow  # two bench runs
 def test_a_failed_training_is_recorded_once_and_retried_on_request(workdir):
     """Before: a training past its budget was trained again by every case that needed it."""
     path = write_suite(workdir, ["gauss", "{name: gauss, steps: 5}"],
@@ -188,6 +189,7 @@ def _rewrite_checkpoint(store: Path, mutate) -> None:
     manifest.write_text(json.dumps(info))
 
 
+@pytest.mark.slow  # two bench runs
 @pytest.mark.parametrize("defect", ["wrong_keys", "truncated"])
 def test_a_checkpoint_that_fails_to_load_is_evicted_and_retrained_once(workdir, defect):
     """Before: a well-formed checkpoint with the wrong keys failed every run with KeyError."""
