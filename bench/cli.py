@@ -103,6 +103,8 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="parallel workers"),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)"),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="skip cases that already finished"),
+        retry_failed: bool = typer.Option(False, "--retry-failed",
+                                          help="retrain models whose training failed before (default: fail fast)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
         results: Optional[Path] = typer.Option(None, "--results", help="results root (default from the suite)"),
         store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
@@ -124,7 +126,7 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
     opts = RunOptions(tracking_uri=tracking_uri, executor=executor, workers=workers, ray_address=ray_address,
                       resume=resume, quiet=quiet or not sys.stderr.isatty(), plugins=tuple(plugins or ()),
                       results_root=str(results) if results else None, store=str(store) if store else None,
-                      threads=threads)
+                      threads=threads, retry_failed=retry_failed)
     code = run_suite(suite, manager, opts, echo=typer.echo)
     raise typer.Exit(code)
 

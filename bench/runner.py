@@ -2,8 +2,10 @@
 
 ``run_case(job)`` is what executors call (in this process, a worker process or a Ray task); it
 returns the case record, a plain JSON-able dict, and never raises for a failing case: the failure is
-the record's ``status`` with the traceback written next to it. Only KeyboardInterrupt/SystemExit
-propagate (after the record is marked ``killed``).
+the record's ``status`` with the traceback written next to it. Any exception a component raises,
+``SystemExit`` and ``KeyboardInterrupt`` included, fails the case only; only a SIGINT/SIGTERM received
+by this process (``executors.signals``) propagates, after the record is marked ``killed``.
+The training loop itself lives in ``trainer.py``.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from typing import Any
 
 import torch
 
-from . import plots
+from . import plots, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .errors import BudgetExceeded, CaseFailed
-from .rng import BatchRNG, derive_seed, sample_batches
+from .executors import signals
+from .rng import derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label
 from .timing import NFECounter, PhaseTimer, peak_rss_mb
@@ -83,7 +86,7 @@ class _Deadline:
 
     def check(self, where: str) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise BudgetExceeded(f"time budget of {self.timeout_s:g} s exceeded during {where}")
+            raise BudgetExceeded(f"time budget exceeded: timeout_s={self.timeout_s:g} s, during {where}")
 
 
 @dataclass
@@ -129,6 +132,10 @@ class CaseRunner:
                 _DATASETS[key] = self.regs.dataset.create(self.case.dataset, context=ctx)
         return _DATASETS[key]
 
+    def phase(self, name: str) -> None:
+        """Note the phase in the case directory: a watchdog that kills the case reads it."""
+        (self.dir / "phase.txt").write_text(name)
+
     def train_or_load(self, family: torch.nn.Module, dataset) -> None:
         trainable = getattr(family, "trainable", True) and any(p.requires_grad for p in family.parameters())
         if not trainable or self.case.train["steps"] == 0:
@@ -137,83 +144,42 @@ class CaseRunner:
         key = self.case.train_key
         self.metrics["num_params"] = float(sum(p.numel() for p in family.parameters()))
         with self.store.lock("checkpoints", key):
-            entry = self.store.get("checkpoints", key)
-            state = None
-            if entry is not None:
-                try:  # weights_only: a checkpoint is data, never code
-                    state = torch.load(entry / "checkpoint.pt", map_location="cpu", weights_only=True)
-                except Exception as exc:  # unreadable or unsafe: rebuild, never use
-                    self.log(f"checkpoint {key[:12]} could not be loaded safely ({type(exc).__name__}); retraining")
-                    self.store.remove("checkpoints", key)
-                    state = None
+            state = self._load(family, key)
             if state is None:
+                earlier = trainer.earlier_failure(self.store, key, self.case.budget.get("timeout_s"))
+                if earlier is not None:
+                    raise trainer.TrainingFailedBefore(earlier)
                 self.trained = True
-                with self.timer.phase("train"):
-                    state = self._train(family, dataset)
+                self.phase("training")
+                try:
+                    with self.timer.phase("train"):
+                        state = trainer.train(family, dataset, self.case.train, self.case.seed, self.progress,
+                                              self.deadline.check, desc=f"train {label(self.case.family)}")
+                except BaseException as exc:
+                    if not signals.received():
+                        trainer.record_failure(self.store, key, _error_line(exc), self.case.budget.get("timeout_s"))
+                    raise
                 self.store.put("checkpoints", key, lambda d: torch.save(state, d / "checkpoint.pt"),
                                meta={"case": self.case.id, "train": self.case.train})
+                family.load_state_dict(state["ema_state"] if state.get("ema_state") else state["state"])
         self.metrics["train_time_s"] = float(state["train_time_s"])
         self.metrics["final_loss"] = float(state["loss_curve"][-1][1]) if state["loss_curve"] else math.nan
         self.series["train_loss"] = [tuple(x) for x in state["loss_curve"]]
-        family.load_state_dict(state["ema_state"] if state.get("ema_state") else state["state"])
 
-    def _train(self, family: torch.nn.Module, dataset) -> dict[str, Any]:
-        cfg = self.case.train
-        data = dataset.split("train")
-        params = [p for p in family.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        ema = [p.detach().clone() for p in params] if cfg["ema"] > 0 else None
-        gen = torch.Generator().manual_seed(derive_seed(self.case.seed, "train-batches"))
-        rng = BatchRNG(derive_seed(self.case.seed, "train-noise"), cfg["batch_size"])
-        steps = cfg["steps"]
-        log_every = cfg["log_every"] or max(1, steps // 200)
-        curve: list[list[float]] = []
-        running, count = 0.0, 0
-        family.train()
-        start = time.perf_counter()
-        bar = self.progress(range(steps), desc=f"train {label(self.case.family)}", total=steps)
-        for step in bar:
-            idx = torch.randint(len(data), (cfg["batch_size"],), generator=gen)
-            x = data[idx]
-            if cfg["warmup"]:
-                for group in opt.param_groups:
-                    group["lr"] = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
-            loss = family.loss(x, rng.with_batch(len(x)))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise CaseFailed(f"training loss became {value} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
-            opt.step()
-            if ema is not None:
-                # EMA with the usual warm-up, so short runs are not dominated by the initial weights
-                decay = min(cfg["ema"], (1 + step) / (10 + step))
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-            running += value
-            count += 1
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                curve.append([step + 1, running / count])
-                running, count = 0.0, 0
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
-                self.deadline.check("training")
-        elapsed = time.perf_counter() - start
-        family.eval()
-        state = {k: v.detach().clone() for k, v in family.state_dict().items()}
-        ema_state = None
-        if ema is not None:
-            with torch.no_grad():
-                saved = [p.detach().clone() for p in params]
-                for p, e in zip(params, ema):
-                    p.copy_(e)
-                ema_state = {k: v.detach().clone() for k, v in family.state_dict().items()}
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-        return {"state": state, "ema_state": ema_state, "loss_curve": curve,
-                "train_time_s": elapsed, "steps": steps}
+    def _load(self, family: torch.nn.Module, key: str) -> dict[str, Any] | None:
+        """The stored checkpoint loaded into ``family``, or None. One that fails to load for any
+        reason (unreadable, unsafe, wrong keys or shapes) is evicted, so that it is retrained once."""
+        entry = self.store.get("checkpoints", key)
+        if entry is None:
+            return None
+        try:
+            return trainer.load_checkpoint(entry / "checkpoint.pt", family)
+        except Exception as exc:  # never use it, never fail on it: rebuild
+            reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+            self.log(f"checkpoint {key[:12]} could not be loaded ({type(exc).__name__}: {reason}); "
+                     "evicted and retraining")
+            self.store.remove("checkpoints", key)
+            return None
 
     def sample(self, family, sampler, n: int, start_index: int = 0, stream: str = "sample") -> SampleOutput:
         bs = self.case.eval["batch_size"]
@@ -222,6 +188,7 @@ class CaseRunner:
         def exceeded(calls: int) -> None:
             raise BudgetExceeded(f"NFE budget of {limit} exceeded ({calls} network calls in one batch)")
 
+        self.phase(stream if stream == "sample" else "metrics")
         counter = NFECounter(limit, exceeded)
         deadline = self.deadline
         outs, batches = [], 0
@@ -261,6 +228,7 @@ class CaseRunner:
             if name in self.skipped:
                 continue
             self.deadline.check(f"metric {name}")
+            self.phase(f"metric {name}")
             metric = metrics[name]
             mdir = self.dir / "artifacts"
             mdir.mkdir(exist_ok=True)
@@ -316,14 +284,14 @@ class CaseRunner:
                 self._grid(samples, dataset)
             self.run_metrics(family, sampler, dataset, samples, ctx, metrics)
             record["status"] = "ok"
-        except (KeyboardInterrupt, SystemExit):
-            record["status"] = "killed"
-            record["error"] = "interrupted"
-            self._finish(record)
-            raise
         except BaseException as exc:  # noqa: BLE001 - a failing case must not stop the suite
-            record["status"] = "failed"
-            record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            if signals.received() and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                record["status"] = "killed"
+                record["error"] = "interrupted"
+                self._finish(record)
+                raise
+            record["status"] = "failed"  # sys.exit() or a KeyboardInterrupt raised by a component included
+            record["error"] = _error_line(exc)
             (self.dir / "traceback.txt").write_text(traceback.format_exc())
             self.artifacts.append("traceback.txt")
         return self._finish(record)
@@ -363,7 +331,7 @@ class CaseRunner:
                        "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
                        "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid(),
                        "threads": torch.get_num_threads()})
-        if self.series.get("train_loss"):
+        if self.series.get("train_loss") and record["status"] != "killed":  # a stopping run must not wait on plots
             path = self.dir / "loss.png"
             with contextlib.suppress(Exception):
                 plots.loss_curve(self.series["train_loss"], path, self.case.id)
@@ -375,6 +343,13 @@ class CaseRunner:
         record["case_dir"] = str(self.dir)
         write_record(self.dir, record)
         return record
+
+
+def _error_line(exc: BaseException) -> str:
+    """The record's one-line error: ``Type: message`` (a failure met earlier keeps its own line)."""
+    if isinstance(exc, trainer.TrainingFailedBefore):
+        return exc.error[:500]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,19 +7,20 @@ can be re-fed with ``bench log DIR``.
 from __future__ import annotations
 
 import json
-import signal
+import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .executors import signals
 from .plugins import PluginManager, _bench_version
 from .redact import redact_secrets
 from .runner import CaseJob, RunSettings
 from .suite import ExpandedSuite, dump_yaml
 from .timing import machine_fingerprint
-from .tracking import Tracker, check_tracking_uri, redact_uri
+from .tracking import Tracker, check_tracking_uri, driver_tags, redact_uri
 
 HEADLINE = ("fid", "fid_floor", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
 BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "num_params",
@@ -38,17 +39,19 @@ class RunOptions:
     results_root: str | None = None
     store: str | None = None
     threads: int | None = None
-
-
-def _sigterm(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt("SIGTERM")
+    retry_failed: bool = False
 
 
 def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
               echo: Callable[[str], None] = print) -> int:
     # tracking first: a bad tracking URI must not leave a results directory behind
     uri = check_tracking_uri(opts.tracking_uri or suite.tracking.get("uri"))
+    # the executor next: it may start its workers now, while the driver opens MLflow
+    executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
+                                                   **({"address": opts.ray_address} if opts.ray_address else {})})
     tracker = Tracker(uri, suite.tracking["experiment"])
+    for run_id in tracker.close_stale_parents():
+        echo(f"bench: parent run {run_id[:8]} of a bench run that is gone (killed) was still RUNNING; marked KILLED")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_dir = Path(opts.results_root or suite.results) / suite.name / stamp
     n = 1
@@ -61,7 +64,8 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
 
     fingerprint = machine_fingerprint()
     tags = {"bench.version": _bench_version(), "bench.suite": suite.name, "bench.results_dir": str(results_dir),
-            **{f"bench.machine.{k}": v for k, v in fingerprint.items()}, "bench.host": socket.gethostname()}
+            **{f"bench.machine.{k}": v for k, v in fingerprint.items()}, "bench.host": socket.gethostname(),
+            **driver_tags()}
     for name, version in manager.versions().items():
         tags[f"bench.plugin.{name}"] = version
     parent = tracker.start_parent(f"{suite.name}@{stamp}", {"suite": suite.name, "cases": len(suite.cases),
@@ -77,6 +81,12 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     echo(f"bench: tracking {redact_uri(tracker.uri)}  experiment '{tracker.experiment}'  parent run {parent[:8]}")
 
     store = opts.store or suite.store
+    if opts.retry_failed:
+        from .store import Store
+        from .trainer import clear_failures
+
+        cleared = clear_failures(Store(store), {c.train_key for c in todo})
+        echo(f"bench: --retry-failed: {cleared} failed training(s) will be retried")
     settings = RunSettings(store=store, results_dir=str(results_dir), plugins=tuple(opts.plugins),
                            quiet=opts.quiet, threads=opts.threads)
     records: list[dict[str, Any]] = []
@@ -106,9 +116,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
             manager.hook.bench_case_finished(case=case, record=record)
         echo("  " + _status_line(record))
 
-    executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
-                                                   **({"address": opts.ray_address} if opts.ray_address else {})})
-    old = signal.signal(signal.SIGTERM, _sigterm)
+    old = signals.install()  # SIGINT/SIGTERM stop the run; a component's KeyboardInterrupt does not
     interrupted = False
     try:
         executor.run(jobs(), on_result)
@@ -117,7 +125,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         echo("bench: interrupted; finished cases are kept, and `bench run` again resumes the rest")
         _log_killed(results_dir, records, tracker, case_tags)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signals.restore(old)
 
     failed = [r for r in records if r["status"] != "ok"]
     summary = summarize(records)

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -254,6 +255,43 @@ class TrackingError(RuntimeError):
     """Logging to MLflow failed; the message holds no credentials."""
 
 
+def _process_start(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), "" if unknown or gone;
+    together with the pid it names one process (pids are reused)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def driver_tags() -> dict[str, str]:
+    """Tags that identify the ``bench run`` process owning a parent run (for ``close_stale_parents``)."""
+    return {"bench.pid": str(os.getpid()), "bench.pid_start": _process_start(os.getpid())}
+
+
+def driver_alive(tags: dict[str, str]) -> bool:
+    """Whether the ``bench run`` that wrote ``tags`` may still run: True unless it ran on this host and
+    its process is gone (or its pid now names another process). Runs of other hosts count as alive."""
+    if tags.get("bench.host") != socket.gethostname() or not tags.get("bench.pid", "").isdigit():
+        return True
+    pid = int(tags["bench.pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = _process_start(pid)
+    if start and tags.get("bench.pid_start") and start != tags["bench.pid_start"]:
+        return False
+    try:  # a zombie (killed, not yet reaped) is gone too
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class Tracker:
     """A thin layer over ``mlflow.MlflowClient``."""
 
@@ -311,6 +349,19 @@ class Tracker:
         if artifacts_dir is not None and artifacts_dir.exists():
             self._upload(self.parent_id, artifacts_dir, recursive=False)
         self.client.set_terminated(self.parent_id, status=status)
+
+    def close_stale_parents(self) -> list[str]:
+        """Mark KILLED the RUNNING parent runs of this experiment whose ``bench run`` is gone
+        (``driver_alive``: same host, dead pid); returns their run ids."""
+        closed = []
+        runs = self.client.search_runs([self.experiment_id], max_results=1000,
+                                       filter_string="tags.`bench.kind` = 'suite' and attributes.status = 'RUNNING'")
+        for run in runs:
+            if run.info.run_id != self.parent_id and not driver_alive(run.data.tags):
+                self.client.set_tag(run.info.run_id, "bench.closed_by", f"{socket.gethostname()}:{os.getpid()}")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+        return closed
 
     # ------------------------------------------------------------------ cases
     def log_case(self, record: dict[str, Any], tags: dict[str, str] | None = None) -> str:

@@ -1,13 +1,52 @@
 """Ray tasks: ``--executor ray`` (local ``ray.init()``) or ``--ray-address auto|ray://host:port``.
 
-Workers compute and return records; only the driver writes MLflow. The store must be on storage
-every node mounts (see docs/scaling.md)."""
+Workers compute and return records; only the driver writes MLflow. The store and the results
+directory must be on storage every node mounts (see docs/scaling.md).
+
+Budgets: each task arms a watchdog thread that, past ``timeout_s`` + ``worker.grace_s``, writes the
+case's "time budget exceeded" record and ends its worker process (Ray does not retry it). On
+SIGINT/SIGTERM the driver force-cancels every task, records the cases that had started as killed,
+and shuts down the Ray instance it started.
+"""
 from __future__ import annotations
 
+import json
+import os
+import threading
 from typing import Any, Callable, Iterable
 
 from ..errors import UserError
 from ..runner import CaseJob, run_case
+from .worker import _case_dir, failed_record, grace_s
+
+
+def run_watched(job: CaseJob) -> dict:
+    """``run_case`` with a watchdog that ends this process if the case outlasts its budget."""
+    timeout = (job.case.get("budget") or {}).get("timeout_s")
+    timer = None
+    if timeout is not None:
+        def expire() -> None:
+            failed_record(job, f"BudgetExceeded: time budget exceeded: timeout_s={timeout:g} s, and the case did "
+                               f"not return within {timeout + grace_s(timeout):g} s; its Ray worker was ended")
+            os._exit(1)
+
+        timer = threading.Timer(timeout + grace_s(timeout), expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        return run_case(job)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _written_record(job: CaseJob) -> dict | None:
+    path = _case_dir(job) / "record.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("status") not in (None, "running") else None
 
 
 class RayExecutor:
@@ -28,8 +67,9 @@ class RayExecutor:
             elif self.workers:
                 kwargs["num_cpus"] = self.workers
             ray.init(**kwargs)
+        refs: dict = {}
         try:
-            remote = ray.remote(num_cpus=1)(run_case)
+            remote = ray.remote(num_cpus=1, max_retries=0)(run_watched)
             from .process import distinct_training_first
 
             jobs = distinct_training_first(list(jobs))
@@ -43,10 +83,21 @@ class RayExecutor:
                 for ref in done:
                     try:
                         on_result(ray.get(ref))
-                    except Exception as exc:  # worker died
-                        from .process import _failed
-
-                        on_result(_failed(refs[ref], f"ray task failed: {type(exc).__name__}: {exc}"))
+                    except Exception as exc:  # the worker died: its watchdog's record, or a crash
+                        job = refs.pop(ref)
+                        on_result(_written_record(job) or failed_record(
+                            job, f"ray task failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]))
+                    else:
+                        refs.pop(ref)
+        except KeyboardInterrupt:
+            for ref, job in refs.items():
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - best effort, the shutdown below ends local workers
+                    pass
+                if _case_dir(job).exists() and _written_record(job) is None:  # started, not finished
+                    failed_record(job, "killed: bench run was interrupted (SIGINT/SIGTERM)", status="killed")
+            raise
         finally:
             if started_here:
                 ray.shutdown()

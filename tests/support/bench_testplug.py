@@ -3,11 +3,18 @@
 It is small but real: ``fitgauss`` fits a diagonal Gaussian by maximum likelihood, ``gauss`` samples
 from it, ``mean_err`` measures how far the sample mean is from the test mean. ``crash`` and ``nanloss``
 fail on purpose; ``counting`` counts how often it is constructed and trained.
+
+Hostile modes for the reliability tests: the sampler's ``crash`` is one of ``segfault`` (the process
+dies), ``raise``, ``exit`` (``sys.exit(3)``), ``interrupt`` (raises KeyboardInterrupt), ``base`` (a
+bare BaseException subclass) or ``hang`` (sleeps for 10**6 s); the family's ``fail_at: hang`` sleeps
+in the first training step. With ``$BENCH_TEST_PID_DIR`` set, every sampler call writes
+``<pid>.pid`` there (the tests look for surviving workers).
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import torch
@@ -38,6 +45,8 @@ class FitGauss(nn.Module):
                 fh.write("built\n")
 
     def loss(self, x, rng):
+        if self.fail_at == "hang":
+            time.sleep(10**6)
         if self.fail_at == "nan":
             return torch.tensor(float("nan"), requires_grad=True) + 0 * self.mu.sum()
         z = (x - self.mu) / self.s.exp()
@@ -56,16 +65,31 @@ class GaussSampler:
         self.crash = crash
 
     def sample(self, family, rng):
+        pid_dir = os.environ.get("BENCH_TEST_PID_DIR")
+        if pid_dir:
+            open(os.path.join(pid_dir, f"{os.getpid()}.pid"), "w").close()
         if self.crash == "segfault":  # a worker process dying hard
             os.kill(os.getpid(), 9)
         if self.crash == "raise":
             raise ValueError("sampler blew up")
+        if self.crash == "exit":
+            sys.exit(3)
+        if self.crash == "interrupt":
+            raise KeyboardInterrupt("raised by the sampler's code")
+        if self.crash == "base":
+            raise Hostile("a bare BaseException")
+        if self.crash == "hang":
+            time.sleep(10**6)
         x = rng.randn(*family.mu.shape)
         for _ in range(self.steps):
             family.head(x)
             if self.sleep_s:
                 time.sleep(self.sleep_s)
         return family.mu + family.s.exp() * x
+
+
+class Hostile(BaseException):
+    """Not an Exception: what a careless component might raise."""
 
 
 class OtherSampler(GaussSampler):
