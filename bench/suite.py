@@ -5,6 +5,11 @@ suites it includes (local keys win; cycles are errors), validated by pydantic, a
 :class:`Case` objects. Incompatible combinations (a sampler that requires a capability the family
 does not provide, a family that does not handle the dataset's modality) are pruned here, before
 anything runs, and reported by ``--dry-run``.
+
+Validation reports every problem in one run (docs/suites.md, "Validation"): past the YAML, ``include:``
+and ``--set`` stages (where the first error stops), each error is recorded in an
+:class:`~bench.errors.ErrorCollector` and checking goes on with the next key or entry; the bad entry
+is left out, and :func:`load_suite` raises them all together at the end.
 """
 from __future__ import annotations
 
