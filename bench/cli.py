@@ -97,6 +97,8 @@ def _print_plan(suite) -> None:
 @guarded
 def run(file: Path = typer.Argument(..., help="suite YAML"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list the cases and exit"),
+        show_grid: bool = typer.Option(False, "--show-grid", help="with --dry-run: each case's realised "
+                                       "sampling times and log-SNR steps (builds the components)"),
         overrides: Optional[List[str]] = SetOpt,
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db)"),
         executor: str = typer.Option("local", "--executor", help="local | process | ray | a plugin's"),
@@ -112,9 +114,17 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
                                               help="torch threads per case (default: all cores, or cores/workers)"),
         plugins: Optional[List[str]] = PluginsOpt) -> None:
     """Run every case of a suite and log it to MLflow."""
+    if show_grid and not dry_run:
+        raise UserError("--show-grid goes with --dry-run")
     manager, suite = _load(file, plugins, overrides)
     if dry_run:  # before importing the session: a dry run needs neither MLflow nor the runner
         _print_plan(suite)
+        if show_grid:
+            from .timegrid import grid_lines
+
+            typer.echo("realised sampling grids:")
+            for line in grid_lines(suite.cases, manager.registries):
+                typer.echo(line)
         return
     from .session import RunOptions, run_suite
 

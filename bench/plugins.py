@@ -44,6 +44,49 @@ class PluginInfo:
                 "components": self.components}
 
 
+@dataclass
+class FailedPlugin:
+    """A plugin that failed to load, as the registries see it: an unknown component name is traced
+    back to it when its source text names the component (``'blur'`` or ``"blur"``), read without
+    importing it (:meth:`bench.registry.Registry.entry`)."""
+
+    module: str
+    error: str
+
+    def mentions(self, name: str) -> bool:
+        quoted = (f"'{name}'", f'"{name}"')
+        return any(q in text for text in _source_texts(self.module) for q in quoted)
+
+
+_SOURCE_LIMIT = 200  # files read at most per failed plugin (only when a name is unknown)
+
+
+def _source_texts(module: str):
+    """The text of a module's source, or of every ``.py`` file of a package (bounded)."""
+    import importlib.util
+    from pathlib import Path
+
+    module = module.partition(":")[0].strip()
+    top = module.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)  # the top-level package: finding it imports nothing
+    except (ImportError, ValueError):
+        return
+    if spec is None:
+        return
+    if spec.submodule_search_locations:
+        files = [f for loc in spec.submodule_search_locations for f in sorted(Path(loc).rglob("*.py"))]
+    elif spec.origin and spec.origin.endswith(".py"):
+        files = [Path(spec.origin)]
+    else:
+        return
+    for path in files[:_SOURCE_LIMIT]:
+        try:
+            yield path.read_text(errors="replace")
+        except OSError:
+            continue
+
+
 class PluginError(UserError):
     """A plugin failed to load and strict mode is on."""
 
@@ -153,6 +196,7 @@ class PluginManager:
         info.error = _one_line(exc)
         info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
         self.infos[info.name] = info
+        self.registries.failed_plugins[info.name] = FailedPlugin(info.module, info.error)
         if self.strict:
             raise PluginError(f"plugin '{info.name}' failed to load: {info.error}",
                               hint="unset BENCH_STRICT_PLUGINS to skip broken plugins")

@@ -156,11 +156,15 @@ class Entry:
 
 
 class Registry:
-    """The components of one kind."""
+    """The components of one kind. ``failed`` (shared by all kinds, filled by the plugin manager) maps
+    the name of each plugin that failed to load to an object with ``error`` (one line) and
+    ``mentions(name)`` (whether its source names that component), so an unknown name can point at the
+    broken plugin that probably provides it."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, failed: dict[str, Any] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self.failed = failed if failed is not None else {}
 
     def register(self, name: str, target: Any, *, plugin: str = "?", defaults: dict | None = None,
                  **meta: Any) -> None:
@@ -187,7 +191,17 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownComponentError(self.kind, name, self._entries, location) from None
+            raise UnknownComponentError(self.kind, name, self._entries, location, self._broken(name)) from None
+
+    def _broken(self, name: str) -> str | None:
+        """The failed plugins behind an unknown ``name``: those whose source names it, else all of them."""
+        if not self.failed:
+            return None
+        likely = [p for p, f in self.failed.items() if _mentions(f, name)]
+        if likely:
+            return "; ".join(f"plugin '{p}' failed to load: {_short(self.failed[p].error)}" for p in likely)
+        return "plugins that failed to load: " + ", ".join(
+            f"'{p}' ({_short(f.error)})" for p, f in self.failed.items())
 
     def validate(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """Validate ``params`` (with the entry's presets) against the factory signature; return them
@@ -257,11 +271,25 @@ class Registry:
         return obj
 
 
+def _mentions(failure: Any, name: str) -> bool:
+    try:
+        return bool(failure.mentions(name))
+    except Exception:  # noqa: BLE001 - a hint must never fail the error it decorates
+        return False
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Registries:
-    """One :class:`Registry` per component kind, addressed as ``regs.sampler`` or ``regs["sampler"]``."""
+    """One :class:`Registry` per component kind, addressed as ``regs.sampler`` or ``regs["sampler"]``;
+    ``failed_plugins`` is shared by all of them (see :class:`Registry`)."""
 
     def __init__(self) -> None:
-        self._by_kind = {kind: Registry(kind) for kind in KINDS}
+        self.failed_plugins: dict[str, Any] = {}
+        self._by_kind = {kind: Registry(kind, self.failed_plugins) for kind in KINDS}
 
     def __getitem__(self, kind: str) -> Registry:
         try:

@@ -5,6 +5,11 @@ suites it includes (local keys win; cycles are errors), validated by pydantic, a
 :class:`Case` objects. Incompatible combinations (a sampler that requires a capability the family
 does not provide, a family that does not handle the dataset's modality) are pruned here, before
 anything runs, and reported by ``--dry-run``.
+
+Validation reports every problem in one run (docs/suites.md, "Validation"): past the YAML, ``include:``
+and ``--set`` stages (where the first error stops), each error is recorded in an
+:class:`~bench.errors.ErrorCollector` and checking goes on with the next key or entry; the bad entry
+is left out, and :func:`load_suite` raises them all together at the end.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import Location, SuiteError, UnknownComponentError, UserError, did_you_mean
+from .errors import (ErrorCollector, Location, SuiteError, SuiteErrors, UnknownComponentError, UserError,
+                     did_you_mean)
 from .names import name_problem
 from .registry import Registries, label
 from .store import content_key
@@ -267,10 +273,20 @@ def apply_overrides(data: dict, positions: Positions, overrides: list[str]) -> N
 
 def _validation_error(exc: pydantic.ValidationError, positions: Positions, prefix: tuple,
                       model: type[BaseModel] | None = None) -> SuiteError:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    """Every problem pydantic found, each located in the suite file: one :class:`SuiteError`, or a
+    :class:`SuiteErrors` when there are several."""
+    errors = [_one_validation_error(err, positions, prefix, model) for err in exc.errors()]
+    return errors[0] if len(errors) == 1 else SuiteErrors(errors)
+
+
+def _error_path(err: dict) -> tuple:
     # pydantic prepends union branch names to the loc of union members; drop them
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int"))))
+    return tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "int"))))
+
+
+def _one_validation_error(err: dict, positions: Positions, prefix: tuple,
+                          model: type[BaseModel] | None) -> SuiteError:
+    loc = _error_path(err)
     path = prefix + loc
     dotted = ".".join(str(p) for p in path) or "suite"
     kind = err["type"]
@@ -292,6 +308,44 @@ def _validation_error(exc: pydantic.ValidationError, positions: Positions, prefi
     return SuiteError(f"{dotted}: {msg[:1].lower() + msg[1:]} (got {shown})", locate(positions, path))
 
 
+def _validate_suite(data: dict, positions: Positions, errors: ErrorCollector) -> tuple[SuiteModel | None, dict]:
+    """Validate the suite's own schema, recording every problem. To go on and check the components
+    too, each offending key is dropped (its default applies) and the rest validated again; returns
+    ``(None, data)`` when a required key is missing or wrong, since nothing can be expanded then."""
+    for _ in range(3):  # the errors of a pass are independent: one repair pass almost always suffices
+        try:
+            return SuiteModel.model_validate(data), data
+        except pydantic.ValidationError as exc:
+            errors.add(_validation_error(exc, positions, (), SuiteModel))
+            repaired = copy.deepcopy(data)
+            for err in exc.errors():
+                if err["type"] == "missing" or not _drop(repaired, _error_path(err)):
+                    return None, data
+            data = repaired
+    return None, data
+
+
+def _drop(data: dict, path: tuple) -> bool:
+    """Delete the innermost mapping key on ``path`` from ``data``; False when there is none or it is
+    a required key of the suite (name, matrix and its dataset and family axes)."""
+    keys = [i for i, p in enumerate(path) if isinstance(p, str)]
+    if not keys:
+        return False
+    path = path[: keys[-1] + 1]
+    if path in (("name",), ("matrix",), ("matrix", "dataset"), ("matrix", "family")):
+        return False
+    node: Any = data
+    for p in path[:-1]:
+        try:
+            node = node[p]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if isinstance(node, dict) and path[-1] in node:
+        del node[path[-1]]
+        return True
+    return False
+
+
 def _allowed_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     for part in loc:
         if model is None:
@@ -310,15 +364,17 @@ def load_suite(path: str | Path, registries: Registries, versions: dict[str, str
     path = Path(path)
     data, positions = _load_with_includes(path, (path.resolve(),))
     data = copy.deepcopy(data)
-    apply_overrides(data, positions, overrides or [])
-    try:
-        model = SuiteModel.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise _validation_error(exc, positions, (), SuiteModel) from None
+    apply_overrides(data, positions, overrides or [])  # syntax, includes and --set: the first error stops
+    errors = ErrorCollector()  # from here on every problem is recorded and the check goes on
+    model, data = _validate_suite(data, positions, errors)
+    if model is None:
+        errors.raise_if_any()
     problem = name_problem(model.name)  # it names a directory: checked before anything is written
     if problem:
-        raise SuiteError(f"suite name {problem}", locate(positions, ("name",)))
-    return expand(model, data, positions, registries, versions or {}, str(path))
+        errors.add(SuiteError(f"suite name {problem}", locate(positions, ("name",))))
+    suite = expand(model, data, positions, registries, versions or {}, str(path), errors)
+    errors.raise_if_any()
+    return suite
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -364,8 +420,8 @@ class _Resolver:
 
         try:
             return self.regs[kind].resolve(name, params, spec.get("id"), nested)
-        except pydantic.ValidationError as exc:
-            raise _validation_error(exc, self.positions, path) from None
+        except pydantic.ValidationError as exc:  # the factory's parameters name the keys it accepts
+            raise _validation_error(exc, self.positions, path, entry.param_model()) from None
         except UserError:  # a nested component's error, already located
             raise
         except Exception as exc:  # a plugin whose factory cannot even be imported
@@ -442,20 +498,32 @@ def _metric_skips(regs: Registries, dataset: dict, family: dict, metrics: list[d
 
 
 def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries,
-           versions: dict[str, str], path: str) -> ExpandedSuite:
+           versions: dict[str, str], path: str, errors: ErrorCollector | None = None) -> ExpandedSuite:
     """Resolve every spec once, then build the matrix cases and the ``include_cases``: ids are unique
-    (the first case with an id wins), incompatible matrix combinations are pruned."""
+    (the first case with an id wins), incompatible matrix combinations are pruned. A bad entry is
+    recorded in ``errors`` and left out, and expansion goes on with the next one (without a
+    collector, the errors are raised together at the end)."""
+    own = errors is None
+    errors = ErrorCollector() if errors is None else errors
     resolver = _Resolver(regs, positions)
-    axes = {kind: _axis(resolver, data["matrix"].get(kind), kind, positions)
+    axes = {kind: _axis(resolver, data["matrix"].get(kind), kind, positions, errors)
             for kind in ("dataset", "family", "sampler")}
-    metrics = [resolver.resolve("metric", _normalize_spec(m, "metric", ("metrics", i), positions), ("metrics", i))
-               for i, m in enumerate(data.get("metrics") or [])]
-    _check_exclude_rules(model.exclude, positions)
+    metrics = []
+    for i, m in enumerate(data.get("metrics") or []):
+        try:
+            metrics.append(resolver.resolve("metric", _normalize_spec(m, "metric", ("metrics", i), positions),
+                                            ("metrics", i)))
+        except UserError as exc:
+            errors.add(exc)
+    _check_exclude_rules(model.exclude, positions, errors)
     build = _CaseBuilder(model, metrics, regs, versions, positions)
     pruned: list[Pruned] = []
     unique: dict[str, Case] = {}
-    for case in [*_product_cases(model, axes, build, pruned), *_include_cases(model, resolver, build, positions)]:
+    for case in [*_product_cases(model, axes, build, pruned, errors),
+                 *_include_cases(model, resolver, build, positions, errors)]:
         unique.setdefault(case.id, case)
+    if own:
+        errors.raise_if_any()
     tracking = {"experiment": model.tracking.experiment or model.name, "uri": model.tracking.uri}
     return ExpandedSuite(model.name, model.description, path, data, list(unique.values()), pruned, tracking,
                          model.store, model.results)
@@ -465,8 +533,10 @@ def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries
 _AxisEntry = tuple[Optional[dict], dict]
 
 
-def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions) -> list[_AxisEntry]:
-    """The resolved entries of one matrix axis, each with the ``train``/``eval``/``budget`` it overrides."""
+def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions,
+          errors: ErrorCollector) -> list[_AxisEntry]:
+    """The resolved entries of one matrix axis, each with the ``train``/``eval``/``budget`` it overrides
+    (an entry with errors is recorded and left out)."""
     if raw is None:
         return [(None, {})]
     out: list[_AxisEntry] = []
@@ -475,18 +545,27 @@ def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions
         if spec is None:
             out.append((None, {}))
             continue
-        norm = _normalize_spec(spec, kind, p, positions)
-        sections = {s: norm[s] for s in CASE_SECTIONS if s in norm}
-        out.append((resolver.resolve(kind, norm, p), {"sections": sections, "path": p}))
+        try:
+            norm = _normalize_spec(spec, kind, p, positions)
+            sections = {s: norm[s] for s in CASE_SECTIONS if s in norm}
+            out.append((resolver.resolve(kind, norm, p), {"sections": sections, "path": p}))
+        except UserError as exc:
+            errors.add(exc)
     return out
 
 
-def _check_exclude_rules(rules: list[dict[str, Any]], positions: Positions) -> None:
+_CASE_AXES = ("dataset", "family", "sampler", "seed")
+
+
+def _check_exclude_rules(rules: list[dict[str, Any]], positions: Positions, errors: ErrorCollector) -> None:
     for i, rule in enumerate(rules):
         for key in rule:
-            if key not in ("dataset", "family", "sampler", "seed"):
-                raise SuiteError(f"exclude rules match on dataset, family, sampler or seed, not '{key}'",
-                                 positions.get(("exclude", i, key, "__key__")) or locate(positions, ("exclude", i)))
+            if key not in _CASE_AXES:
+                close = did_you_mean(key, _CASE_AXES)
+                errors.add(SuiteError(f"exclude rules match on dataset, family, sampler or seed, not '{key}'",
+                                      positions.get(("exclude", i, key, "__key__"))
+                                      or locate(positions, ("exclude", i)),
+                                      f"did you mean '{close}'?" if close else None))
 
 
 @dataclass
@@ -516,7 +595,7 @@ class _CaseBuilder:
 
 
 def _product_cases(model: SuiteModel, axes: dict[str, list[_AxisEntry]], build: _CaseBuilder,
-                   pruned: list[Pruned]) -> list[Case]:
+                   pruned: list[Pruned], errors: ErrorCollector) -> list[Case]:
     """The matrix: every (dataset, family, sampler, seed) not excluded; incompatible ones go to ``pruned``."""
     out = []
     seeds = model.matrix.seed or [model.seed]
@@ -527,32 +606,68 @@ def _product_cases(model: SuiteModel, axes: dict[str, list[_AxisEntry]], build: 
         if reason:
             pruned.append(Pruned(label(d), label(f), label(s), seed, reason))
             continue
-        out.append(build(d, f, s, seed, [dx, fx, sx]))
+        try:
+            out.append(build(d, f, s, seed, [dx, fx, sx]))
+        except UserError as exc:  # a bad train/eval/budget override: met once per case, reported once
+            errors.add(exc)
     return out
 
 
-def _include_cases(model: SuiteModel, resolver: _Resolver, build: _CaseBuilder, positions: Positions) -> list[Case]:
-    """The explicit ``include_cases`` entries (an incompatible one is an error, not pruned)."""
+#: the keys of an ``include_cases`` entry: the case's axes and the case sections it overrides
+INCLUDE_CASE_KEYS = (*_CASE_AXES, *CASE_SECTIONS)
+
+
+def _include_cases(model: SuiteModel, resolver: _Resolver, build: _CaseBuilder, positions: Positions,
+                   errors: ErrorCollector) -> list[Case]:
+    """The explicit ``include_cases`` entries (an incompatible one is an error, not pruned). An entry
+    takes ``train``/``eval``/``budget`` overrides, on itself or on its specs, as a matrix entry does;
+    any other key (``metrics`` among them: a case runs the suite's metrics) is an error, never ignored."""
     out = []
     for i, extra in enumerate(model.include_cases):
-        p = ("include_cases", i)
-        specs: dict[str, dict | None] = {}
-        for kind in ("dataset", "family", "sampler"):
-            if extra.get(kind) is None:
-                if kind != "sampler":
-                    raise SuiteError(f"include_cases entry needs a '{kind}'", locate(positions, p))
-                specs[kind] = None
-                continue
-            specs[kind] = resolver.resolve(kind, _normalize_spec(extra[kind], kind, p + (kind,), positions),
-                                           p + (kind,))
-        seed = extra.get("seed", model.seed)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise SuiteError("seed must be an integer", locate(positions, p + ("seed",)))
-        reason = _compatibility(build.regs, specs["dataset"], specs["family"], specs["sampler"])
-        if reason:
-            raise SuiteError(f"include_cases entry is incompatible: {reason}", locate(positions, p))
-        out.append(build(specs["dataset"], specs["family"], specs["sampler"], seed, []))
+        try:
+            out.append(_include_case(model, resolver, build, positions, extra, ("include_cases", i)))
+        except UserError as exc:
+            errors.add(exc)
     return out
+
+
+def _include_case(model: SuiteModel, resolver: _Resolver, build: _CaseBuilder, positions: Positions,
+                  extra: dict, p: tuple) -> Case:
+    problems = ErrorCollector()
+    for key in extra:
+        if key in INCLUDE_CASE_KEYS:
+            continue
+        where = positions.get(p + (key, "__key__")) or locate(positions, p + (key,))
+        if key == "metrics":
+            problems.add(SuiteError("include_cases entries cannot set 'metrics': every case runs the "
+                                    "suite's top-level metrics", where,
+                                    "move these cases to a suite of their own with its own 'metrics'"))
+            continue
+        close = did_you_mean(str(key), INCLUDE_CASE_KEYS)
+        problems.add(SuiteError(f"unknown key '{key}' in {p[0]}.{p[1]}", where,
+                                f"did you mean '{close}'?" if close else f"allowed: {', '.join(INCLUDE_CASE_KEYS)}"))
+    specs: dict[str, dict | None] = {}
+    extras = [{"sections": {s: extra[s] for s in CASE_SECTIONS if s in extra}, "path": p}]
+    for kind in ("dataset", "family", "sampler"):
+        if extra.get(kind) is None:
+            if kind != "sampler":
+                problems.add(SuiteError(f"include_cases entry needs a '{kind}'", locate(positions, p)))
+            specs[kind] = None
+            continue
+        try:
+            norm = _normalize_spec(extra[kind], kind, p + (kind,), positions)
+            specs[kind] = resolver.resolve(kind, norm, p + (kind,))
+            extras.insert(-1, {"sections": {s: norm[s] for s in CASE_SECTIONS if s in norm}, "path": p + (kind,)})
+        except UserError as exc:
+            problems.add(exc)
+    seed = extra.get("seed", model.seed)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.add(SuiteError("seed must be an integer", locate(positions, p + ("seed",))))
+    problems.raise_if_any()
+    reason = _compatibility(build.regs, specs["dataset"], specs["family"], specs["sampler"])
+    if reason:
+        raise SuiteError(f"include_cases entry is incompatible: {reason}", locate(positions, p))
+    return build(specs["dataset"], specs["family"], specs["sampler"], seed, extras)
 
 
 def _versions_for(case: Case, regs: Registries, versions: dict[str, str]) -> dict[str, str]:

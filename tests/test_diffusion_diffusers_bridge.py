@@ -150,8 +150,10 @@ def test_bad_scheduler_name_and_missing_model_fail_validation_with_file_and_line
                     "  family: [{name: diffusers, path: %s}]\n"
                     "  sampler: [{name: diffusers, scheduler: UniPCMultistep}]\nmetrics: [swd]\n" % (tmp_path / "none"))
     out = CliRunner().invoke(app, ["validate", str(path)])
-    assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1, out.output
-    assert f"{path}:6:" in out.output and "not point to a directory" in out.output
+    lines = out.output.strip().splitlines()  # both problems in one run, one line each
+    assert out.exit_code == 2 and len(lines) == 2, out.output
+    assert f"{path}:6:" in lines[0] and "not point to a directory" in lines[0]
+    assert f"{path}:7:" in lines[1] and "did you mean 'UniPCMultistepScheduler'" in lines[1]
     path.write_text(path.read_text().replace(str(tmp_path / "none"), str(tmp_path)))
     out = CliRunner().invoke(app, ["validate", str(path)])
     assert out.exit_code == 2 and f"{path}:7:" in out.output and "did you mean 'UniPCMultistepScheduler'" in out.output

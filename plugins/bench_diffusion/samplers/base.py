@@ -32,7 +32,15 @@ class DiffusionSampler:
         self._log = getattr(context, "log", None)
         self.realised: dict[str, Any] | None = None
 
+    #: True for samplers that walk ``process.sampling_times(steps, spacing)`` (see :meth:`time_grid`)
+    uses_sampling_times = False
+
     # ------------------------------------------------------------------ helpers
+    def time_grid(self, family: Any) -> list[float] | None:
+        """The times this sampler visits, for ``bench run --dry-run --show-grid`` (bench.timegrid);
+        None for samplers with another grid (ODE/SDE solvers, EDM, diffusers schedulers)."""
+        return family.process.sampling_times(self.steps, self.spacing) if self.uses_sampling_times else None
+
     def params(self) -> dict[str, Any]:
         return {"steps": self.steps, "spacing": self.spacing, "denoise": self.denoise, "clip_x0": self.clip_x0}
 

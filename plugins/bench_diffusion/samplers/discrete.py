@@ -25,6 +25,8 @@ class Ancestral(DiffusionSampler):
     beta_tilde``, the posterior variance) or v = beta' (``variance: beta``, 2.4.29 / 6.4.19, E4);
     x0_hat = (x_t - sigma sqrt(Sigma) eps_hat) / alpha (6.2.15). NFE = steps."""
 
+    uses_sampling_times = True
+
     name = "ancestral"
 
     def __init__(self, steps: Steps | None = None, spacing: Spacing | None = None,
@@ -57,6 +59,8 @@ class DDIM(DiffusionSampler):
     x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) sqrt(Sigma) eps_hat + c sqrt(Sigma) z,
     c^2 = eta^2 * (posterior variance) (eta = 0: deterministic, 2.4.31-32; eta = 1: ancestral's
     variance). With clipping, eps_hat is recomputed from the clipped x0_hat. NFE = steps."""
+
+    uses_sampling_times = True
 
     name = "ddim"
 

@@ -72,6 +72,8 @@ class ALD(DiffusionSampler):
     (+1 with the final denoising step). ``step_lr`` = epsilon of section 2 (None:
     min(1, 2 / n_steps_each) sigma~_min^2, a constant Langevin time per level; see the module docstring)."""
 
+    uses_sampling_times = True
+
     name = "ald"
 
     def __init__(self, steps: Steps | None = None, n_steps_each: Annotated[int, Field(ge=1, le=1000)] = 5,
@@ -104,6 +106,8 @@ class CAS(DiffusionSampler):
     level's call is the final denoising step; without ``denoise`` it is skipped). ``step_lr`` =
     epsilon of 2.5.11 (None: eta = max_i (1 - 1 / gamma_i), the smallest ratio that keeps every beta_i
     real on this grid; see the module docstring)."""
+
+    uses_sampling_times = True
 
     name = "cas"
 

@@ -52,6 +52,8 @@ class MultistepSampler(DiffusionSampler):
     """Shared loop: a data prediction per level, a history of the last ``order`` predictions, and the
     order of each step (warm-up from first order; ``lower_order_final``)."""
 
+    uses_sampling_times = True
+
     order = 1
     lower_order_final = True
 
