@@ -81,6 +81,15 @@ def test_shapes_at_32_and_64(size):
     assert attn_levels == [1 if size == 32 else 2]
 
 
+def test_a_64x64_configuration_with_attention_at_two_resolutions():
+    torch.manual_seed(0)
+    net = unet([3, 64, 64], config="ddpm_cifar10", base=8, mults=[1, 2, 3, 4], attn_resolutions=[16, 8])
+    x = torch.randn(1, 3, 64, 64)
+    assert net(x, torch.tensor([3.0])).shape == x.shape
+    assert [i for i, level in enumerate(net.down) if level.attn is not None] == [2, 3]
+    assert [i for i, level in enumerate(net.up) if level.attn is not None] == [0, 1]  # 8x8 and 16x16 going up
+
+
 def test_class_embedding_changes_outputs():
     torch.manual_seed(0)
     net = unet([3, 32, 32], config="ddpm_cifar10", base=8, mults=[1, 2], num_classes=10, zero_init=False).eval()

@@ -10,8 +10,8 @@
   DDPM CIFAR-10 network (base 128, mults (1, 2, 2, 2), 2 residual blocks per level, attention at
   16x16, dropout 0.1; its parameter count is in that module's docstring). The knobs of the DDPM / NCSN++ CIFAR configurations
   (``base``, ``mults``, ``num_res_blocks``, ``attn_resolutions``, ``dropout``, ``num_classes``) override
-  the preset when given: e.g. ``attn_resolutions: [16]`` and ``mults: [1, 2, 2, 2]`` at 64x64, or a
-  tiny ``base`` for tests.
+  the preset when given: e.g. ``mults: [1, 2, 3, 4]`` and ``attn_resolutions: [16, 8]`` at 64x64, or
+  a tiny ``base`` for tests.
 """
 from __future__ import annotations
 
