@@ -122,6 +122,8 @@ def test_dropout_only_in_train_mode():
         assert torch.equal(net_nodrop(x, t), net_nodrop(x, t))
 
 
-def test_ddpm_knobs_on_the_small_layout_are_a_user_error():
+def test_ddpm_knobs_on_the_small_layout_and_unknown_configs_are_user_errors():
     with pytest.raises(UserError, match="num_res_blocks.*config: ddpm_cifar10"):
         unet([1, 8, 8], num_res_blocks=2)
+    with pytest.raises(UserError, match="unknown config 'ddpm_cifar11'"):
+        unet([3, 32, 32], config="ddpm_cifar11")

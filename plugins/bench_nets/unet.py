@@ -27,6 +27,7 @@ from bench.errors import UserError
 from .ddpm_unet import DDPMUNet
 from .embedding import TimeEmbedding
 
+CONFIGS = ("small", "ddpm_cifar10")
 DDPM_ONLY = ("num_res_blocks", "attn_resolutions", "dropout", "num_classes")
 
 
@@ -114,6 +115,8 @@ def unet(in_shape: Sequence[int], config: Literal["small", "ddpm_cifar10"] = "sm
     """Build the UNet named by ``config`` (module docstring); knobs left ``None`` keep the layout's
     defaults (:class:`SmallUNet`'s, or :class:`DDPMUNet`'s, which are the CIFAR-10 configuration).
     ``time_embed`` is the small layout's sinusoidal width (the DDPM layout uses ``base``)."""
+    if config not in CONFIGS:  # also checked here: nested specs reach the factory unvalidated
+        raise UserError(f"unet: unknown config '{config}' (known: {', '.join(CONFIGS)})")
     given = {"base": base, "mults": mults, "num_res_blocks": num_res_blocks, "attn_resolutions": attn_resolutions,
              "dropout": dropout, "num_classes": num_classes}
     knobs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None}
