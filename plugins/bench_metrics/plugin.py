@@ -25,6 +25,9 @@ def bench_register_metrics(register):
                  components={"extractor": "feature_extractor"},
                  description=f"{what} by torch-fidelity in a named feature space, with cached reference "
                              "statistics and a real-vs-real floor")
+    register("is", f"{_M}.inception_score:InceptionScore", modalities=["image"],
+             components={"extractor": "feature_extractor"},
+             description="Inception Score exp(E KL(p(y|x) || p(y))) by torch-fidelity (is_mean, is_std over splits)")
     register("bpd", f"{_M}.likelihood:BitsPerDim", requires=["likelihood"],
              description="test bits/dim via the family's log_likelihood (nll nats/dim for continuous data)")
     register("nll", f"{_M}.likelihood:NegLogLikelihood", requires=["likelihood"],

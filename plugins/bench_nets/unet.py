@@ -1,19 +1,34 @@
-"""A small UNet ``f(x, t)`` for (C, H, W) images with H = W in {8, 16, 32}.
+"""The built-in ``unet`` network: a small CPU-sized UNet, or the DDPM UNet by configuration.
 
-Two resolution levels by default (``mults=(1, 2)``): residual blocks with GroupNorm and SiLU, the
-time embedding added in every block, average-pool down, nearest up, skip connections by
-concatenation. Tens of thousands of parameters at ``base=32``: sized for a 2-core CPU.
+:func:`unet` (the registered factory) picks the layout by ``config``:
+
+- ``small`` (default): :class:`SmallUNet`, for (C, H, W) images with H = W in {8, 16, 32}. Two
+  resolution levels by default (``mults=(1, 2)``): one residual block per level with GroupNorm and
+  SiLU, the time embedding added in every block, average-pool down, nearest up, skip connections by
+  concatenation. 368,641 parameters at ``base=32`` on 8x8 grey images: sized for a 2-core CPU.
+- ``ddpm_cifar10``: :class:`bench_nets.ddpm_unet.DDPMUNet` (Ho et al. 2020, appendix B) preset to the
+  DDPM CIFAR-10 network (base 128, mults (1, 2, 2, 2), 2 residual blocks per level, attention at
+  16x16, dropout 0.1; its parameter count is in that module's docstring). The knobs of the DDPM / NCSN++ CIFAR configurations
+  (``base``, ``mults``, ``num_res_blocks``, ``attn_resolutions``, ``dropout``, ``num_classes``) override
+  the preset when given: e.g. ``mults: [1, 2, 3, 4]`` and ``attn_resolutions: [16, 8]`` at 64x64, or
+  a tiny ``base`` for tests.
 """
 from __future__ import annotations
 
-from typing import Annotated, Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.errors import UserError
+
+from .ddpm_unet import DDPMUNet
 from .embedding import TimeEmbedding
+
+CONFIGS = ("small", "ddpm_cifar10")
+DDPM_ONLY = ("num_res_blocks", "attn_resolutions", "dropout", "num_classes")
 
 
 def _groups(ch: int) -> int:
@@ -87,3 +102,29 @@ class SmallUNet(nn.Module):
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], 1), emb)
         return self.out(F.silu(self.norm(h)))
+
+
+def unet(in_shape: Sequence[int], config: Literal["small", "ddpm_cifar10"] = "small",
+         base: Annotated[int, Field(gt=0)] | None = None, mults: Sequence[Annotated[int, Field(gt=0)]] | None = None,
+         num_res_blocks: Annotated[int, Field(ge=1)] | None = None,
+         attn_resolutions: Sequence[Annotated[int, Field(gt=0)]] | None = None,
+         dropout: Annotated[float, Field(ge=0, lt=1)] | None = None,
+         num_classes: Annotated[int, Field(ge=1)] | None = None,
+         time_embed: Annotated[int, Field(gt=1)] = 64, out_channels: int | None = None, cond_channels: int = 0,
+         zero_init: bool = True) -> nn.Module:
+    """Build the UNet named by ``config`` (module docstring); knobs left ``None`` keep the layout's
+    defaults (:class:`SmallUNet`'s, or :class:`DDPMUNet`'s, which are the CIFAR-10 configuration).
+    ``time_embed`` is the small layout's sinusoidal width (the DDPM layout uses ``base``)."""
+    if config not in CONFIGS:  # also checked here: nested specs reach the factory unvalidated
+        raise UserError(f"unet: unknown config '{config}' (known: {', '.join(CONFIGS)})")
+    given = {"base": base, "mults": mults, "num_res_blocks": num_res_blocks, "attn_resolutions": attn_resolutions,
+             "dropout": dropout, "num_classes": num_classes}
+    knobs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None}
+    common = {"out_channels": out_channels, "cond_channels": cond_channels, "zero_init": zero_init}
+    if config == "small":
+        extra = [k for k in DDPM_ONLY if k in knobs]
+        if extra:
+            raise UserError(f"unet: {', '.join(extra)} need the DDPM layout: add config: ddpm_cifar10 "
+                            "(and override its knobs)")
+        return SmallUNet(in_shape, time_embed=time_embed, **knobs, **common)
+    return DDPMUNet(in_shape, **knobs, **common)
