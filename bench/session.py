@@ -104,6 +104,8 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         if case is not None:
             manager.hook.bench_case_finished(case=case, record=record)
         echo("  " + _status_line(record))
+        for warning in record.get("warnings") or []:
+            echo(f"  warning: {warning}")
 
     executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
                                                    **({"address": opts.ray_address} if opts.ray_address else {})})

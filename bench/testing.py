@@ -88,14 +88,14 @@ def assert_conforms(obj: Any, kind: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-def class_problems(entry: Any) -> list[str]:
+def class_problems(entry: Any, what: str | None = None) -> list[str]:
     """The cheap check of a registry entry (:class:`bench.registry.Entry`): when its target is a class,
     the protocol methods it defines or inherits, with their arity; attributes and factories are left to
     :func:`check_component` (they exist only once built)."""
     target = entry.load()
     if not inspect.isclass(target):
         return []
-    what = f"{entry.kind} '{entry.name}' (plugin '{entry.plugin}', {target.__module__}.{target.__qualname__})"
+    what = what or f"{entry.kind} '{entry.name}' (plugin '{entry.plugin}', {target.__module__}.{target.__qualname__})"
     problems = []
     for member in _members(entry.kind, target):
         if member.arity is None or member.name in _MODULE_MEMBERS:
@@ -188,7 +188,7 @@ def check_component(registries: Any, kind: str, name: str, store_dir: str | None
     result = CheckResult(kind, name)
     what = f"{kind} '{name}' (plugin '{entry.plugin}')"
     try:
-        result.problems += class_problems(entry)
+        result.problems += class_problems(entry, what)
         sig = entry.signature()
     except Exception as exc:  # noqa: BLE001 - an import error is the plugin's problem, reported as one
         result.problems.append(f"{what}: cannot be loaded: {type(exc).__name__}: {exc}")
