@@ -146,7 +146,9 @@ class Family(Protocol):
     """A trainable generative model. Families are ``torch.nn.Module`` instances so that bench can
     checkpoint (``state_dict``/``load_state_dict``), optimise (``parameters``), switch ``train()``/
     ``eval()`` and keep an EMA of them. ``provides`` (capabilities such as ``"eps"``, ``"score"``,
-    ``"vp"``, ``"ve"``, ``"likelihood"``) is stamped from the registration. Samplers call further,
+    ``"vp"``, ``"ve"``, ``"likelihood"``) is stamped from the registration. Optional attributes:
+    ``trainable`` (False skips training), ``likelihood_methods`` (method -> ``"continuous"`` |
+    ``"discrete"``, the first the default; read by ``bpd``/``nll``). Samplers call further,
     family-specific members (bench_diffusion's VP interface: docs/diffusion.md, "Writing a sampler")."""
 
     provides: frozenset
