@@ -216,3 +216,30 @@ def test_features_are_fids_features_and_labels_are_row_aligned(tmp_path):
     assert ctx.labels("generated", "random-proj") is None
     with pytest.raises(ValueError, match="which must be one of"):
         ctx.features("random-proj", "test")
+
+
+@pytest.mark.slow
+def test_a_failing_describe_is_a_warning_line_on_the_console(tmp_path):  # a full run with MLflow: ~25 s
+    (tmp_path / "descplug.py").write_text(textwrap.dedent("""
+        from bench.hookspecs import hookimpl
+
+        class Prior:
+            steps = 1
+            def sample(self, family, rng):
+                return family.process.prior_sample(rng)
+            def describe(self):
+                raise KeyError("no such level")
+
+        @hookimpl
+        def bench_register_samplers(register):
+            register("prior_only", Prior)
+    """))
+    (tmp_path / "s.yaml").write_text("name: desc\ndefaults: {eval: {num_samples: 8, grid: 0}}\n"
+                                     "matrix: {dataset: [{name: gaussian, dim: 2}], family: [oracle_vp], "
+                                     "sampler: [prior_only]}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(BENCH + ["run", "s.yaml", "-q", "--plugins", "descplug", "--tracking-uri",
+                                   f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning: sampler.describe() failed (KeyError: 'no such level')" in proc.stdout
