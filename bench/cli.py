@@ -76,7 +76,35 @@ def _load(file: Path, plugins, overrides):
 
     load_yaml_file(file)  # hostile YAML is refused before the plugins (and torch) are imported
     manager = _manager(plugins)
-    return manager, load_suite(file, manager.registries, manager.versions(), overrides or [])
+    suite = load_suite(file, manager.registries, manager.versions(), overrides or [])
+    _check_classes(suite, manager.registries)
+    return manager, suite
+
+
+def _check_classes(suite, registries) -> None:
+    """The cheap conformance check (:func:`bench.testing.class_problems`) of every component the suite
+    names: one line per problem, exit 2, before anything runs."""
+    from .testing import class_problems
+
+    seen, problems = set(), []
+
+    def visit(kind: str, spec) -> None:
+        if not isinstance(spec, dict) or (kind, spec.get("name")) in seen:
+            return
+        seen.add((kind, spec["name"]))
+        entry = registries[kind].entry(spec["name"])
+        problems.extend(class_problems(entry))
+        for key, sub_kind in entry.nested().items():
+            visit(sub_kind, spec.get(key))
+
+    for case in suite.cases:
+        for kind, spec in (("dataset", case.dataset), ("family", case.family), ("sampler", case.sampler)):
+            visit(kind, spec)
+        for spec in case.metrics:
+            visit("metric", spec)
+    if problems:
+        raise UserError(f"{len(problems)} component(s) do not follow their protocol (bench.protocols):\n"
+                        + "\n".join(f"  {p}" for p in problems))
 
 
 def _print_plan(suite) -> None:
@@ -153,9 +181,14 @@ def validate(file: Path = typer.Argument(..., help="suite YAML"), overrides: Opt
 @app.command("plugins")
 @guarded
 def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+                check: bool = typer.Option(False, "--check", help="build every component with its defaults on a "
+                                           "small probe dataset and check its protocol (exit 1 on a problem)"),
+                kind: Optional[List[str]] = typer.Option(None, "--kind", help="with --check: only this kind (repeatable)"),
                 plugins: Optional[List[str]] = PluginsOpt) -> None:
     """List plugins, their versions, status and components."""
     manager = _manager(plugins)
+    if check:
+        raise typer.Exit(_check_plugins(manager, kind))
     infos = [info.as_dict() for info in manager.infos.values()]
     if as_json:
         typer.echo(json.dumps(infos, indent=1))
@@ -169,6 +202,28 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="machine-read
         status = info["status"] if info["status"] != "error" else f"error: {info['error']}"
         table.add_row(info["name"], info["version"], status, comps)
     Console(width=max(120, _term_width())).print(table)
+
+
+def _check_plugins(manager, kinds: Optional[List[str]]) -> int:
+    """``bench plugins --check``: one line per problem (and per component not built), a summary, exit 1
+    on any problem (a plugin that failed to load is one)."""
+    from .testing import check_registries
+
+    for kind in kinds or []:
+        manager.registries[kind]  # unknown kinds: a clear error
+    problems = [f"plugin '{i.name}': failed to load: {i.error}" for i in manager.infos.values() if i.status == "error"]
+    results = check_registries(manager.registries, kinds or None)
+    for line in problems:
+        typer.echo(f"problem: {line}")
+    for r in results:
+        for line in r.problems:
+            typer.echo(f"problem: {line}")
+        if r.skipped:
+            typer.echo(f"not built: {r.kind} '{r.name}': {r.skipped}")
+    problems += [p for r in results for p in r.problems]
+    built = sum(1 for r in results if not r.skipped)
+    typer.echo(f"checked {built} of {len(results)} component(s): {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def _term_width() -> int:
@@ -340,9 +395,10 @@ def _check_contained(results_dir: Path) -> None:
 @app.command("new-plugin")
 @guarded
 def new_plugin(name: str = typer.Argument(..., help="plugin (package) name, e.g. my_sampler"),
-               kind: str = typer.Option(..., "--kind", help="component kind"),
+               kind: List[str] = typer.Option(..., "--kind", help="component kind (repeatable: one package, "
+                                              "one example per kind)"),
                directory: Optional[Path] = typer.Option(None, "--dir", help="where to create it (default ./NAME)")) -> None:
-    """Write an installable plugin package with a working example component and a test."""
+    """Write an installable plugin package with a working example component (per kind) and tests."""
     from .scaffold import write_plugin
 
     path = write_plugin(name, kind, directory)

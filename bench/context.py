@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .protocols import DataInfo
+from .protocols import DataInfo, FeatureSet
 from .store import Store
+
+#: the image sets a feature space is asked about (:meth:`MetricContext.feature_set`)
+FEATURE_SETS = ("generated", "reference", "floor")
 
 
 class MetricSkipped(Exception):
@@ -98,7 +101,12 @@ class MetricContext:
     - ``resample(n)``: draw ``n`` fresh samples with the case's sampler and return a
       :class:`SampleOutput` (timed, with NFE), for throughput measurements;
     - ``artifact_dir``: write files here and they are logged with the case;
-    - ``timings``: phase seconds measured so far; ``nfe``: NFE per sample of the main sampling.
+    - ``timings``: phase seconds measured so far; ``nfe``: NFE per sample of the main sampling;
+    - ``features(space, which)``, ``feature_set(space, which)``, ``labels(which, space)``: features in a
+      named feature space (a registered ``feature_extractor``: ``auto``, ``digits-classifier``,
+      ``inception-v3-compat``, ``random-proj``, ...) of the generated samples, the reference set or the
+      noise-floor sample: the very features (and store cache) the ``fid``/``kid``/``prc`` metrics use
+      with the same options (docs/metrics.md, "Reference and noise floor").
     """
 
     samples: Any
@@ -114,10 +122,41 @@ class MetricContext:
     timings: dict[str, float] = field(default_factory=dict)
     nfe: float | None = None
     case_config: dict[str, Any] = field(default_factory=dict)
+    _spaces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def data(self) -> DataInfo:
         return self.dataset.info
+
+    def feature_set(self, space: Any = "auto", which: str = "generated", **options: Any) -> FeatureSet:
+        """The :class:`~bench.protocols.FeatureSet` of ``which`` (``"generated"``, ``"reference"`` or
+        ``"floor"``) in feature space ``space`` (a feature-extractor name or spec, built once per
+        context). The extractor computes it with its ``features_for(ctx, which, **options)``; the
+        built-in ones take the fidelity metrics' options (``num_samples``, ``reference_split``,
+        ``reference_num_samples``, ``quantize``, ``batch_size``) with the same defaults, so the
+        reference features come from the same store entry as ``fid``'s."""
+        if which not in FEATURE_SETS:
+            raise ValueError(f"which must be one of {', '.join(FEATURE_SETS)}, got {which!r}")
+        key = repr(space)
+        if key not in self._spaces:
+            self._spaces[key] = self.build("feature_extractor", space)
+        extractor = self._spaces[key]
+        provider = getattr(extractor, "features_for", None)
+        if provider is None:
+            name = space if isinstance(space, str) else dict(space).get("name")
+            raise MetricSkipped(f"feature extractor '{name}' has no features_for(ctx, which): it can serve "
+                                "fid/kid/prc (which wrap plain callables) but not ctx.features")
+        return provider(self, which, **options)
+
+    def features(self, space: Any = "auto", which: str = "generated", **options: Any) -> Any:
+        """Features ``(N, d)`` of ``which`` in ``space`` (:meth:`feature_set`)."""
+        return self.feature_set(space, which, **options).features
+
+    def labels(self, which: str = "reference", space: Any = "auto", **options: Any) -> Any:
+        """Class labels int64 ``(N,)`` row-aligned with :meth:`features` of ``which`` (the rows of the
+        reference and floor sets depend on the feature space's reference split); None for generated
+        samples or unlabelled data."""
+        return self.feature_set(space, which, **options).labels
 
     def build(self, kind: str, spec: Any, **extra: Any) -> Any:
         return self.build_context.build(kind, spec, **extra)

@@ -98,6 +98,7 @@ class CaseRunner:
     series: dict[str, list] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from .plugins import get_manager
@@ -300,8 +301,10 @@ class CaseRunner:
         if hasattr(obj, "describe"):
             try:
                 desc = obj.describe()
-            except Exception as exc:  # provenance must not fail a case
+            except Exception as exc:  # provenance must not fail a case, but the failure is shown on the console
                 desc = {"error": f"describe() failed: {exc}"}
+                self.warnings.append(f"{what}.describe() failed ({type(exc).__name__}: {exc}); "
+                                     f"{what}.json records only the error")
             path = self.dir / f"{what}.json"
             path.write_text(json.dumps(desc, indent=1, default=_jsonable))
             self.artifacts.append(path.name)
@@ -329,7 +332,7 @@ class CaseRunner:
             self.metrics[f"time_{key}_s"] = secs
         record.update({"metrics": {k: v for k, v in self.metrics.items()},
                        "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
-                       "skipped_metrics": self.skipped, "notes": self.notes, "pid": os.getpid(),
+                       "skipped_metrics": self.skipped, "notes": self.notes, "warnings": self.warnings, "pid": os.getpid(),
                        "threads": torch.get_num_threads()})
         if self.series.get("train_loss") and record["status"] != "killed":  # a stopping run must not wait on plots
             path = self.dir / "loss.png"

@@ -115,6 +115,8 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         if case is not None:
             manager.hook.bench_case_finished(case=case, record=record)
         echo("  " + _status_line(record))
+        for warning in record.get("warnings") or []:
+            echo(f"  warning: {warning}")
 
     old = signals.install()  # SIGINT/SIGTERM stop the run; a component's KeyboardInterrupt does not
     interrupted = False

@@ -84,6 +84,9 @@ Spec = Union[str, dict[str, Any]]
 #: the per-case settings a suite's ``defaults`` holds and a matrix entry may override (``--set train.x``
 #: is shorthand for ``defaults.train.x``)
 CASE_SECTIONS = ("train", "eval", "budget")
+#: the key of a dataset matrix entry that overrides metric parameters on that dataset:
+#: ``metric_params: {fid: {extractor: random-proj}}`` (metric name or id -> parameters)
+METRIC_PARAMS = "metric_params"
 
 
 class Matrix(_Strict):
@@ -412,7 +415,8 @@ class _Resolver:
             problem = name_problem(str(spec["id"]))
             if problem:
                 raise SuiteError(f"{kind} id {problem}", locate(self.positions, path + ("id",)))
-        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS}
+        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS
+                  and not (kind == "dataset" and k == METRIC_PARAMS)}
 
         def nested(key: str, sub_kind: str, sub_spec: Any) -> dict[str, Any]:
             sub = _normalize_spec(sub_spec, sub_kind, path + (key,), self.positions)
@@ -516,7 +520,7 @@ def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries
         except UserError as exc:
             errors.add(exc)
     _check_exclude_rules(model.exclude, positions, errors)
-    build = _CaseBuilder(model, metrics, regs, versions, positions)
+    build = _CaseBuilder(model, metrics, regs, versions, positions, resolver)
     pruned: list[Pruned] = []
     unique: dict[str, Case] = {}
     for case in [*_product_cases(model, axes, build, pruned, errors),
@@ -548,7 +552,10 @@ def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions
         try:
             norm = _normalize_spec(spec, kind, p, positions)
             sections = {s: norm[s] for s in CASE_SECTIONS if s in norm}
-            out.append((resolver.resolve(kind, norm, p), {"sections": sections, "path": p}))
+            extra = {"sections": sections, "path": p}
+            if kind == "dataset" and METRIC_PARAMS in norm:
+                extra[METRIC_PARAMS] = norm[METRIC_PARAMS]
+            out.append((resolver.resolve(kind, norm, p), extra))
         except UserError as exc:
             errors.add(exc)
     return out
@@ -578,6 +585,7 @@ class _CaseBuilder:
     regs: Registries
     versions: dict[str, str]
     positions: Positions
+    resolver: Any = None
 
     def __call__(self, d: dict, f: dict, s: dict | None, seed: int, extras: list[dict]) -> Case:
         sections = {"train": (TrainConfig, self.model.defaults.train.model_dump()),
@@ -588,10 +596,43 @@ class _CaseBuilder:
             secs, p = extra.get("sections", {}), extra.get("path", ())
             for key, (schema, _) in sections.items():
                 values[key] = _section(secs, key, schema, values[key], p, self.positions)
-        case = Case(self.model.name, d, f, s, self.metrics, values["train"], values["eval"], values["budget"], seed)
+        metrics = self.metrics
+        for extra in extras:
+            if METRIC_PARAMS in extra:
+                metrics = self._metric_overrides(metrics, extra[METRIC_PARAMS], extra["path"] + (METRIC_PARAMS,))
+        case = Case(self.model.name, d, f, s, metrics, values["train"], values["eval"], values["budget"], seed)
         case.versions = _versions_for(case, self.regs, self.versions)
-        case.skipped_metrics = _metric_skips(self.regs, d, f, self.metrics)
+        case.skipped_metrics = _metric_skips(self.regs, d, f, metrics)
         return case
+
+    def _metric_overrides(self, metrics: list[dict], overrides: Any, path: tuple) -> list[dict]:
+        """The suite's metrics with a dataset entry's ``metric_params`` applied: each key names a metric
+        of the suite (its name or id); its parameters are merged over the metric's and re-resolved,
+        keeping the metric's id (so its column in ``bench compare`` stays the same)."""
+        if not isinstance(overrides, dict):
+            raise SuiteError(f"'{METRIC_PARAMS}' must map metric names to parameters", locate(self.positions, path))
+        known = {m["name"]: m for m in metrics} | {str(m.get("id")): m for m in metrics}
+        chosen: dict[int, dict] = {}
+        for key, params in overrides.items():
+            if key not in known:
+                close = did_you_mean(str(key), sorted(known))
+                raise SuiteError(f"{METRIC_PARAMS}: '{key}' is not a metric of this suite",
+                                 self.positions.get(path + (key, "__key__")) or locate(self.positions, path),
+                                 f"did you mean '{close}'?" if close else f"metrics: {', '.join(sorted(known))}")
+            if not isinstance(params, dict) or "name" in params or "id" in params:
+                raise SuiteError(f"{METRIC_PARAMS}.{key} must be a mapping of parameters (no name or id)",
+                                 locate(self.positions, path + (key,)))
+            base = known[key]
+            chosen[id(base)] = {**chosen.get(id(base), base), **params}
+        out = []
+        for m in metrics:
+            if id(m) not in chosen:
+                out.append(m)
+                continue
+            merged = chosen[id(m)]
+            spec = {k: v for k, v in merged.items() if k != "id"}
+            out.append(self.resolver.resolve("metric", spec | {"id": m["id"]}, path + (m["name"],)))
+        return out
 
 
 def _product_cases(model: SuiteModel, axes: dict[str, list[_AxisEntry]], build: _CaseBuilder,

@@ -145,27 +145,86 @@ def test_unknown_plugins_module_is_a_clear_error():
 KINDS = sorted(REGISTER_HOOKS.values())
 
 
-def test_new_plugin_scaffolds_pass_their_own_tests(tmp_path):
-    """Every kind's scaffold is installed (into a target dir, so the project venv stays clean) and its
-    generated test runs against the installed entry point."""
-    pkgs = []
-    for kind in KINDS:
-        pkg = tmp_path / f"pkg_{kind}"
-        proc = subprocess.run(BENCH + ["new-plugin", f"my_{kind}", "--kind", kind, "--dir", str(pkg)],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        assert (pkg / "pyproject.toml").read_text().count("[project.entry-points.bench]") == 1
-        pkgs.append(str(pkg))
-    target = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), *pkgs], capture_output=True, text=True, timeout=600)
-    assert pip.returncode == 0, pip.stderr
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]))
+def scaffold(tmp_path: Path, name: str, kinds: list[str]) -> dict:
+    """``bench new-plugin name --kind ...`` into tmp_path/name, made importable as an installed
+    distribution (a dist-info with its entry point; what ``pip install -e`` leaves behind): the env."""
+    pkg = tmp_path / name
+    proc = subprocess.run(BENCH + ["new-plugin", name, *[a for k in kinds for a in ("--kind", k)], "--dir", str(pkg)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (pkg / "pyproject.toml").read_text().count("[project.entry-points.bench]") == 1
+    make_fake_distribution(tmp_path / "site", name, name, f"{name}.plugin", None)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(pkg),
+                                                       os.environ.get("PYTHONPATH", "")]))
+
+
+def test_new_plugin_examples_of_every_kind_conform_in_process(tmp_path):
+    """The fast check of the templates: one package with every kind, loaded with --plugins (in process),
+    each example built with its defaults on a probe dataset and checked against its protocol."""
+    from bench.plugins import get_manager
+    from bench.scaffold import write_plugin
+    from bench.testing import check_component
+
+    write_plugin("inproc", KINDS, tmp_path / "inproc")
+    sys.path.insert(0, str(tmp_path / "inproc"))
+    try:
+        regs = get_manager(("inproc.plugin",), fresh=True).registries
+        for kind in KINDS:
+            result = check_component(regs, kind, "inproc_example", str(tmp_path / "store"))
+            assert result.problems == [] and result.skipped is None, (kind, result)
+    finally:
+        sys.path.remove(str(tmp_path / "inproc"))
+        get_manager(("bench_testplug",), fresh=True)
+
+
+@pytest.mark.slow
+def test_new_plugin_writes_one_package_whose_every_kind_passes_its_tests_and_the_check(tmp_path):
+    """All kinds in ONE package: one module and one test per kind, one plugin module registering them;
+    the generated tests pass against the installed entry point, and so does `bench plugins --check`."""
+    env = scaffold(tmp_path, "allkinds", KINDS)
+    pkg = tmp_path / "allkinds"
+    assert sorted(p.stem for p in (pkg / "allkinds").glob("*.py")) == sorted(KINDS + ["__init__", "plugin"])
+    assert (pkg / "allkinds" / "plugin.py").read_text().count("@hookimpl") == len(KINDS)
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
-                           *[str(Path(pkg) / "tests") for pkg in pkgs]],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+                           str(pkg / "tests")], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert test.returncode == 0, test.stdout + test.stderr
-    assert f"{len(KINDS)} passed" in test.stdout
+    assert f"{len(KINDS) + 2} passed" in test.stdout  # the family template has three tests
+    check = subprocess.run(BENCH + ["plugins", "--check", *[a for k in KINDS if k != "dataset" for a in ("--kind", k)]],
+                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "0 problem(s)" in check.stdout
+    for kind in KINDS:  # each example was built and checked (not skipped)
+        assert f"not built: {kind} 'allkinds_example'" not in check.stdout
+
+
+@pytest.mark.slow
+def test_scaffolded_family_sampler_noise_and_metric_run_beside_the_built_ins(tmp_path):
+    """The family template (flow matching) with the noise template, sampled by `euler`, measured by
+    `nll`, `fid` (digits8 in the random-proj space) and the metric template; the sampler template on
+    the exact-score oracle. Every case ends ok and the template's metric is logged."""
+    env = scaffold(tmp_path, "mine", ["family", "sampler", "noise", "metric"])
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""\
+        name: scaffolded
+        defaults: {train: {steps: 10, batch_size: 32}, eval: {num_samples: 64, grid: 0}}
+        matrix:
+          dataset:
+            - {name: gaussian, dim: 2}
+            - {name: digits8, metric_params: {fid: {extractor: random-proj}}}
+          family: [{name: mine_example, noise: mine_example, likelihood_steps: 5}, oracle_vp]
+          sampler: [{name: euler, steps: 5}, {name: mine_example, steps: 10}]
+        exclude: [{dataset: digits8, family: oracle_vp}]
+        metrics: [{name: nll, num_samples: 32}, fid, mine_example]
+    """))
+    proc = subprocess.run(BENCH + ["run", "s.yaml", "-q", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("results/scaffolded/*/cases/*/record.json")]
+    assert len(records) == 3 and all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    by_id = {r["case_id"]: r["metrics"] for r in records}
+    fm_digits = by_id["scaffolded/digits8/mine_example[likelihood_steps=5,noise=mine_example]/euler[steps=5]/seed=0"]
+    assert "fid" in fm_digits and "nll" in fm_digits and "mean_gap" in fm_digits
+    oracle = by_id["scaffolded/gaussian[dim=2]/oracle_vp/mine_example[steps=10]/seed=0"]
+    assert oracle["mean_gap"] < 0.5
 
 
 def test_installed_plugin_component_runs_in_a_suite(tmp_path):

@@ -2,6 +2,8 @@
 caching by content, and the offline InceptionV3 rules (no network access anywhere in this file)."""
 import socket
 
+import types
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -210,8 +212,11 @@ def test_missing_inception_weights_fail_at_once_with_instructions(offline):
     data = GaussImages(np.full(16, 120.0), 400 * np.eye(16), n_train=10, n_test=10)
     with pytest.raises(UserError, match="no InceptionV3 weights"):
         FID(extractor="inception-v3-compat", context=build_context(data, offline / "store"))
-    with pytest.raises(UserError, match="no InceptionV3 weights"):
+    with pytest.raises(UserError, match="no feature space for gauss-images"):  # 4x4: too small for Inception
         FID(extractor="auto", context=build_context(data, offline / "store"))
+    rgb = types.SimpleNamespace(info=DataInfo("rgb32", (3, 32, 32), "image", levels=256, value_range=(-1.0, 1.0)))
+    with pytest.raises(UserError, match="no InceptionV3 weights"):
+        FID(extractor="auto", context=build_context(rgb, offline / "store"))
 
 
 def test_allowing_downloads_defers_to_torch_hub(offline, monkeypatch):

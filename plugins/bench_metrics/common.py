@@ -56,6 +56,8 @@ class RealSets:
     floor: torch.Tensor
     reference_split: str
     floor_split: str
+    reference_labels: torch.Tensor | None = None  # row-aligned class labels (labelled datasets only)
+    floor_labels: torch.Tensor | None = None
 
     def counts(self, key: str) -> dict[str, float]:
         return {f"{key}_ref_num_samples": float(len(self.reference)),
@@ -75,7 +77,12 @@ def real_sets(dataset: Any, n: int, reference_split: str = "test",
     if len(pool) < n and log is not None:
         log(f"noise floor: the {floor_split} split has {len(pool)} < {n} samples; the floor uses all of them")
     floor = fixed_subset(pool, n, "floor", floor_split)
-    return RealSets(ref, floor, reference_split, floor_split)
+    out = RealSets(ref, floor, reference_split, floor_split)
+    if hasattr(dataset, "labels"):  # the same subsets of the labels (same seeds, same lengths)
+        out.reference_labels = fixed_subset(dataset.labels(reference_split), reference_num_samples, "reference",
+                                            reference_split)
+        out.floor_labels = fixed_subset(dataset.labels(floor_split), n, "floor", floor_split)
+    return out
 
 
 def flat64(x: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,12 @@ class FidelityExtractor:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def features_for(self, ctx: Any, which: str, **options: Any) -> Any:
+        """Features of ``which`` for ``ctx.feature_set`` (:func:`bench_metrics.fidelity.feature_set`)."""
+        from .fidelity import feature_set
+
+        return feature_set(self, ctx, which, **options)
+
 
 _SHA_CACHE: dict[tuple, str] = {}
 

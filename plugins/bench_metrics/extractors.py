@@ -167,14 +167,26 @@ class RandomProjection(FidelityExtractor):
                 "note": "random projection, NOT a perceptual feature space (tests and smoke runs only)"}
 
 
+#: the smallest image side ``auto`` sends to Inception (MNIST's 28; smaller images carry no ImageNet features)
+AUTO_INCEPTION_MIN_SIDE = 28
+
+
 def auto(context=None) -> FidelityExtractor:
     """``auto``: ``digits-classifier`` for labelled 1-channel 8x8/16x16 image data with
-    ``num_classes`` (digits8, digits16), ``inception-v3-compat`` otherwise."""
+    ``num_classes`` (digits8, digits16), ``inception-v3-compat`` for images of at least
+    :data:`AUTO_INCEPTION_MIN_SIDE` pixels a side; other (small, unlabelled) images have no default
+    feature space: a clear error asks for one (per dataset: ``metric_params`` in the dataset entry)."""
     info = getattr(context, "data", None)
     dataset = getattr(context, "dataset", None)
     if (info is not None and info.modality == "image" and info.shape[0] == 1 and info.shape[1:] in ((8, 8), (16, 16))
             and info.params.get("num_classes") and hasattr(dataset, "labels")):
         return DigitsClassifier(context=context)
+    if info is not None and info.modality == "image" and min(info.shape[-2:]) < AUTO_INCEPTION_MIN_SIDE:
+        shape = "x".join(str(s) for s in info.shape)
+        raise UserError(f"extractor 'auto' has no feature space for {info.name} ({shape} images, no digit labels): "
+                        f"Inception needs images of at least {AUTO_INCEPTION_MIN_SIDE} px a side",
+                        hint="choose one for this dataset, e.g. in its matrix entry: "
+                             "metric_params: {fid: {extractor: random-proj}}")
     return InceptionV3()
 
 

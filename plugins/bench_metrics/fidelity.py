@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from bench.protocols import FeatureSet
 from bench.store import content_key
 
 from .common import OTHER_SPLIT, RealSets, generated, real_sets, tensor_digest
@@ -194,6 +195,34 @@ def prc_from_features(generated: torch.Tensor, real: torch.Tensor, neighborhood:
             "f_score": float(out[KEY_METRIC_F_SCORE])}
 
 
+def default_reference_split(ext: FidelityExtractor) -> str:
+    """The split the extractor was trained on, if any (so the floor sample is unseen by it, like the
+    generated samples), else ``test``."""
+    trained_on = getattr(ext, "trained_on", None)
+    return trained_on if trained_on in ("train", "test") else "test"
+
+
+def feature_set(ext: FidelityExtractor, ctx, which: str, num_samples: int | None = None,
+                reference_split: str | None = None, reference_num_samples: int | None = None,
+                quantize: bool = True, batch_size: int = 64) -> FeatureSet:
+    """``ctx.feature_set(space, which)`` for the built-in extractors (the public metric API of
+    :class:`bench.context.MetricContext`): the features of the generated samples (the first
+    ``num_samples``), of the reference set or of the noise-floor sample (as many rows as generated
+    samples, other split), computed exactly as :class:`FID` does with the same options, so they share
+    its store entries and its in-memory cache."""
+    x = generated(ctx, num_samples)
+    ext.prepare()
+    if which == "generated":
+        f = generated_features(ext, x, ctx.data, quantize, batch_size)
+        return FeatureSet(f.features, None, None, f.key, f.cached)
+    sets = real_sets(ctx.dataset, len(x), reference_split or default_reference_split(ext), reference_num_samples,
+                     ctx.log)
+    real, split, labels = ((sets.reference, sets.reference_split, sets.reference_labels) if which == "reference"
+                           else (sets.floor, sets.floor_split, sets.floor_labels))
+    f = real_features(ext, real, ctx.data, split, quantize, batch_size, ctx.store, ctx.log)
+    return FeatureSet(f.features, labels, split, f.key, f.cached)
+
+
 class _Fidelity:
     """Common parameters: ``extractor`` (a registered feature extractor, name or spec; ``auto``),
     ``num_samples`` (generated samples used, default all), ``reference_split`` (the floor sample
@@ -213,8 +242,7 @@ class _Fidelity:
                  key: str | None = None, context=None):
         built = context.build("feature_extractor", extractor)
         self.extractor = as_fidelity_extractor(built, context.data)
-        trained_on = getattr(self.extractor, "trained_on", None)
-        self.reference_split = reference_split or (trained_on if trained_on in ("train", "test") else "test")
+        self.reference_split = reference_split or default_reference_split(self.extractor)
         self.num_samples = num_samples
         self.reference_num_samples, self.quantize, self.batch_size = reference_num_samples, quantize, batch_size
         self.key = key or self.default_key
