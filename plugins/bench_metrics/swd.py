@@ -13,7 +13,9 @@ integrated piecewise over the union of the breakpoints {i/n} and {j/m}; for n = 
 
 Logged: ``swd`` (generated vs reference), ``swd_floor`` (a real sample of the same size from the
 other split vs the same reference, with the same directions), ``swd_num_samples``,
-``swd_ref_num_samples``, ``swd_floor_num_samples``.
+``swd_ref_num_samples``, ``swd_floor_num_samples``; with ``bootstrap`` B > 0 resamples, the 95%
+percentile interval ``swd_ci_lo``/``swd_ci_hi`` over resamples of the generated and reference sets
+(same directions; :mod:`bench_metrics.bootstrap`) and ``swd_boot_n`` = B.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pydantic import Field
 
 from bench.rng import derive_seed
 
+from . import bootstrap
 from .common import flat64, generated, prefixed, real_sets
 
 
@@ -62,27 +65,50 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, directions: torch.Tenso
     return float(wasserstein_1d_pp(px.T, py.T, p).mean().pow(1.0 / p))
 
 
+def swd_replicates(px: torch.Tensor, py: torch.Tensor, rx: bootstrap.Resamples, ry: bootstrap.Resamples,
+                   p: float) -> torch.Tensor:
+    """Bootstrap replicates of SW_p from the projections ``px`` (n, L) and ``py`` (m, L) of the two
+    sets: each resample's projected rows go through :func:`wasserstein_1d_pp` (a row drawn c times
+    is an atom of weight c / n, so the 1-D distances stay exact)."""
+    n, num_dirs = px.shape
+    m = py.shape[0]
+    out = []
+    for s in bootstrap.chunks(len(rx), (n + m) * num_dirs):
+        xs = px[rx.idx[s]].transpose(1, 2).reshape(-1, n)   # (b * L, n)
+        ys = py[ry.idx[s]].transpose(1, 2).reshape(-1, m)
+        out.append(wasserstein_1d_pp(xs, ys, p).reshape(-1, num_dirs).mean(1).pow(1.0 / p))
+    return torch.cat(out)
+
+
 class SlicedWasserstein:
     """Metric ``swd``. Parameters: ``num_projections``, ``p``, ``num_samples`` (generated samples
     used, default all), ``reference_split`` (``test``), ``reference_num_samples`` (default all),
-    ``seed`` (of the directions), ``key`` (metric key prefix, default ``swd``)."""
+    ``seed`` (of the directions), ``key`` (metric key prefix, default ``swd``), ``bootstrap``
+    (resamples of the interval, 0: none)."""
 
     def __init__(self, num_projections: Annotated[int, Field(gt=0)] = 512,
                  p: Annotated[float, Field(ge=1)] = 2.0,
                  num_samples: Annotated[int, Field(gt=1)] | None = None,
                  reference_split: Literal["train", "test"] = "test",
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
-                 seed: int = 0, key: str | None = None):
+                 seed: int = 0, key: str | None = None, bootstrap: Annotated[int, Field(ge=0)] = 200):
         self.num_projections, self.p, self.seed = num_projections, p, seed
         self.num_samples, self.reference_split = num_samples, reference_split
         self.reference_num_samples = reference_num_samples
         self.key = prefixed(key, "swd")
+        self.bootstrap = bootstrap
 
     def compute(self, ctx) -> dict[str, float]:
         x = generated(ctx, self.num_samples)
         sets = real_sets(ctx.dataset, len(x), self.reference_split, self.reference_num_samples, ctx.log)
         dirs = random_directions(x[0].numel(), self.num_projections, self.seed)
         k = self.key
-        return {k: sliced_wasserstein(x, sets.reference, dirs, self.p),
-                f"{k}_floor": sliced_wasserstein(sets.floor, sets.reference, dirs, self.p),
-                f"{k}_num_samples": float(len(x)), **sets.counts(k)}
+        out = {k: sliced_wasserstein(x, sets.reference, dirs, self.p),
+               f"{k}_floor": sliced_wasserstein(sets.floor, sets.reference, dirs, self.p),
+               f"{k}_num_samples": float(len(x)), **sets.counts(k)}
+        if self.bootstrap:
+            px, py = flat64(x) @ dirs.T, flat64(sets.reference) @ dirs.T
+            rx, ry = bootstrap.draw(self.bootstrap, len(px), len(py), tag=k)
+            out.update(bootstrap.interval(k, swd_replicates(px, py, rx, ry, self.p)))
+            out[f"{k}_boot_n"] = float(self.bootstrap)
+        return out
