@@ -284,7 +284,7 @@ class _Fidelity:
         k = self.key
         values = self.values(gen, ref, floor)
         if self.bootstrap:
-            values.update(self.intervals(gen.features, ref.features))
+            values.update(self.intervals(gen.features, ref.features, values))
         if len(sets.floor) < len(x):  # the floor is smaller: also give the value at the floor's size
             nf = len(sets.floor)
             small = Features(gen.features[:nf], fid_features_to_statistics(gen.features[:nf]), gen.key, True)
@@ -307,13 +307,13 @@ class _Fidelity:
         """The metric's values; with ``floor`` None only the main value (keyed ``key``)."""
         raise NotImplementedError
 
-    def intervals(self, gen: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-        """95% percentile intervals of the main values over ``bootstrap`` resamples of the generated and
-        reference features, and ``<key>_boot_n``."""
+    def intervals(self, gen: torch.Tensor, ref: torch.Tensor, values: dict[str, float]) -> dict[str, float]:
+        """95% percentile intervals of the main ``values`` over ``bootstrap`` resamples of the generated
+        and reference features, and ``<key>_boot_n``."""
         rg, rr = bootstrap.draw(self.bootstrap, len(gen), len(ref), tag=self.key)
         out = {f"{self.key}_boot_n": float(self.bootstrap)}
         for name, reps in self.replicates(gen, ref, rg, rr).items():
-            out.update(bootstrap.interval(name, reps))
+            out.update(bootstrap.interval(name, reps, values[name]))
         return out
 
     def replicates(self, gen, ref, rg, rr) -> dict[str, torch.Tensor]:

@@ -120,14 +120,17 @@ class Moments:
             raise MetricSkipped(f"samples of dimension {x.shape[1]} but the stated mean has {len(mu)}")
         out = {f"{self.key}_{k}": v for k, v in moments(x, mu, cov).items()}
         if self.bootstrap:
-            out.update(error_intervals(x, mu, cov, self.bootstrap, self.key))
+            out.update(error_intervals(x, mu, cov, self.bootstrap, self.key, out))
         return out
 
 
-def error_intervals(x: np.ndarray, mu: np.ndarray, cov: np.ndarray, num: int, key: str) -> dict[str, float]:
-    """95% percentile intervals of ``<key>_mean_err`` and ``<key>_cov_err`` over ``num`` resamples of ``x``."""
+def error_intervals(x: np.ndarray, mu: np.ndarray, cov: np.ndarray, num: int, key: str,
+                    values: dict[str, float]) -> dict[str, float]:
+    """95% percentile intervals of ``<key>_mean_err`` and ``<key>_cov_err`` (estimates in ``values``)
+    over ``num`` resamples of ``x``."""
     xt = torch.from_numpy(x)
     (r,) = bootstrap.draw(num, len(xt), tag=key)
     mean_err, cov_err = bootstrap.moment_errors(xt, r.counts, torch.from_numpy(mu), torch.from_numpy(cov))
-    return {**bootstrap.interval(f"{key}_mean_err", mean_err), **bootstrap.interval(f"{key}_cov_err", cov_err),
+    return {**bootstrap.interval(f"{key}_mean_err", mean_err, values[f"{key}_mean_err"]),
+            **bootstrap.interval(f"{key}_cov_err", cov_err, values[f"{key}_cov_err"]),
             f"{key}_boot_n": float(num)}

@@ -141,6 +141,6 @@ class SlicedWasserstein:
         if self.bootstrap:
             px, py = flat64(x) @ dirs.T, flat64(sets.reference) @ dirs.T
             rx, ry = bootstrap.draw(self.bootstrap, len(px), len(py), tag=k)
-            out.update(bootstrap.interval(k, swd_replicates(px, py, rx, ry, self.p)))
+            out.update(bootstrap.interval(k, swd_replicates(px, py, rx, ry, self.p), out[k]))
             out[f"{k}_boot_n"] = float(self.bootstrap)
         return out
