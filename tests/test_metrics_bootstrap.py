@@ -124,7 +124,8 @@ def test_percentile_interval_recentred_on_the_estimate():
 # ------------------------------------------------------------------ coverage by simulation
 def test_energy_interval_covers_the_closed_form_in_95_percent_of_400_repetitions():
     """X ~ N(0, 1), Y ~ N(d, 1): E|X - Y| = E|Z|, Z ~ N(d, 2), E|X - X'| = 2 / sqrt(pi); the
-    U-statistic is unbiased, so the interval should cover the population value."""
+    U-statistic is unbiased, so the (plain percentile) interval should cover the population value.
+    (Resampling only the generated set covers in 83.5% of these draws; 2000 draws give 93.8%.)"""
     d = 0.5
     e_abs = 2 / math.sqrt(math.pi) * math.exp(-d * d / 4) + d * math.erf(d / 2)
     truth = 2 * e_abs - 4 / math.sqrt(math.pi)
@@ -132,9 +133,8 @@ def test_energy_interval_covers_the_closed_form_in_95_percent_of_400_repetitions
     for _ in range(400):
         x = torch.randn(200, 1, generator=g, dtype=torch.float64)
         y = d + torch.randn(200, 1, generator=g, dtype=torch.float64)
-        dxx, dyy, dxy = distances(x, y)
-        lo, hi = bs.percentile_interval(bs.energy_replicates(dxx, dyy, dxy, bs.resamples(200, 200, g),
-                                                             bs.resamples(200, 200, g)), energy_distance(x, y))
+        lo, hi = bs.percentile_interval(bs.energy_replicates(*distances(x, y), bs.resamples(200, 200, g),
+                                                             bs.resamples(200, 200, g)))
         hits += lo <= truth <= hi
     assert 0.93 <= hits / 400 <= 0.97, hits / 400
 

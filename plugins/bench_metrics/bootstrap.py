@@ -20,14 +20,14 @@ a weighted sum evaluated for all B resamples at once with matrix products:
 - sliced Wasserstein: the 1-D distances of the resampled projections (duplicates are atoms of
   weight c_i / n: the quantile functions stay exact).
 
-Interval: the 95% **percentile** interval of the replicates T*, recentred on the estimate T:
-[q_2.5(T*) - b, q_97.5(T*) - b] with b = mean(T*) - T the bootstrap estimate of the estimator's bias
-(Efron and Tibshirani, An Introduction to the Bootstrap, 1993, sections 10.2 and 13.3). Without the
-shift, a biased estimator's percentile interval sits about b above T (FID at d / n = 0.5 puts T
-below its own interval); with it, the interval covers the estimator's expectation E[T_n], which for
-a biased estimator (FID, KID's and SWD's finite-sample bias, |m - mu|) is not the population value.
-For the unbiased ones (the MMD^2 and energy U-statistics, precision and recall) b is noise and E[T_n]
-is the population value. Chosen over BCa because BCa's acceleration needs a jackknife, n more
+Interval: the 95% **percentile** interval [q_2.5(T*), q_97.5(T*)] of the replicates T* (Efron and
+Tibshirani, An Introduction to the Bootstrap, 1993, section 13.3), for the unbiased estimators (the
+MMD^2, KID and energy U-statistics; precision and recall, means of indicators), whose replicates
+centre on the estimate T. For the biased ones (FID, SWD, the moment errors) it is recentred on T:
+[q_2.5(T*) - b, q_97.5(T*) - b], b = mean(T*) - T the bootstrap estimate of the bias (section 10.2).
+Without the shift the interval sits about b above T (FID at d / n = 0.04 already puts it off centre);
+with it, it covers the estimator's expectation E[T_n], which for a biased estimator is not the
+population value. Chosen over BCa because BCa's acceleration needs a jackknife, n more
 evaluations of the statistic, which for FID and precision/recall cost more than the bootstrap
 itself. The resamples are seeded by the metric key and set sizes (the same for every case), so the
 intervals are reproducible.
@@ -94,8 +94,9 @@ def percentile_interval(replicates: torch.Tensor, estimate: float | None = None,
     return float(q[0]) - b, float(q[1]) - b
 
 
-def interval(key: str, replicates: torch.Tensor, estimate: float) -> dict[str, float]:
-    """``{key}_ci_lo`` and ``{key}_ci_hi``: the 95% percentile interval of ``replicates``, recentred on ``estimate``."""
+def interval(key: str, replicates: torch.Tensor, estimate: float | None = None) -> dict[str, float]:
+    """``{key}_ci_lo`` and ``{key}_ci_hi``: the 95% percentile interval of ``replicates`` (recentred
+    on ``estimate`` if given: for biased estimators)."""
     lo, hi = percentile_interval(replicates, estimate)
     return {f"{key}_ci_lo": lo, f"{key}_ci_hi": hi}
 

@@ -240,6 +240,8 @@ class _Fidelity:
     (feature extraction), ``key`` (metric key prefix)."""
 
     default_key = "?"
+    #: recentre the bootstrap interval on the estimate (:mod:`bench_metrics.bootstrap`)
+    biased = False
 
     def __init__(self, extractor: str | dict[str, Any] = "auto",
                  num_samples: Annotated[int, Field(gt=1)] | None = None,
@@ -313,7 +315,7 @@ class _Fidelity:
         rg, rr = bootstrap.draw(self.bootstrap, len(gen), len(ref), tag=self.key)
         out = {f"{self.key}_boot_n": float(self.bootstrap)}
         for name, reps in self.replicates(gen, ref, rg, rr).items():
-            out.update(bootstrap.interval(name, reps, values[name]))
+            out.update(bootstrap.interval(name, reps, values[name] if self.biased else None))
         return out
 
     def replicates(self, gen, ref, rg, rr) -> dict[str, torch.Tensor]:
@@ -326,6 +328,7 @@ class FID(_Fidelity):
     ``fid_floor_num_samples``, ``fid_ref_cached``, ``fid_feature_dim`` (+ extractor numbers)."""
 
     default_key = "fid"
+    biased = True
 
     def values(self, gen, ref, floor):
         out = {self.key: fid_from_stats(gen.stats, ref.stats)}

@@ -100,7 +100,7 @@ class _TwoSample:
         out = {k: statistic(*matrices)}
         if self.bootstrap:
             rx, ry = bootstrap.draw(self.bootstrap, matrices[0].shape[0], matrices[1].shape[0], tag=k)
-            out.update({**bootstrap.interval(k, replicates(*matrices, rx, ry), out[k]), f"{k}_boot_n": float(self.bootstrap)})
+            out.update({**bootstrap.interval(k, replicates(*matrices, rx, ry)), f"{k}_boot_n": float(self.bootstrap)})
         return out
 
 
