@@ -77,7 +77,7 @@ def w2sq_weighted(sx: torch.Tensor, cx: torch.Tensor, sy: torch.Tensor, cy: torc
     on (v_(i-1), v_i]. Only cumulative sums run over x: pass the larger set as x."""
     n, m = sx.shape[-1], sy.shape[-1]
     sx, sy = sx.expand_as(cx), sy.expand_as(cy)
-    v = cx.to(torch.float32).cumsum(-1).to(cx.dtype)   # integer counts: exact in float32 below 2^24, and faster
+    v = cx.cumsum(-1)
     cs = cx * sx
     h = cs.cumsum(-1)
     u = cy.cumsum(-1) * (n / m)
@@ -92,17 +92,20 @@ def swd_replicates(px: torch.Tensor, py: torch.Tensor, rx: bootstrap.Resamples, 
                    p: float) -> torch.Tensor:
     """Bootstrap replicates of SW_p from the projections ``px`` (n, L) and ``py`` (m, L) of the two
     sets. A row drawn c times is an atom of weight c / n, so the 1-D distances stay exact. For p = 2
-    the projections are sorted once and each resample only reweights them (:func:`w2sq_weighted`);
+    the projections are centred, sorted once (float32) and each resample only reweights them
+    (:func:`w2sq_weighted`);
     for other p each resample's projections are sorted (:func:`wasserstein_1d_pp`)."""
     n, num_dirs = px.shape
     m = py.shape[0]
     out = []
-    if p == 2.0:
-        sx, ox = torch.sort(px.T, dim=1)
-        sy, oy = torch.sort(py.T, dim=1)
+    if p == 2.0:  # float32 after centring (W_2 is shift-invariant): twice as fast, ~1e-6 relative error
+        centre = torch.cat([px, py]).mean(0)
+        sx, ox = torch.sort((px - centre).T.to(torch.float32), dim=1)
+        sy, oy = torch.sort((py - centre).T.to(torch.float32), dim=1)
         big, small = ((sx, ox, rx), (sy, oy, ry)) if n >= m else ((sy, oy, ry), (sx, ox, rx))
         for s in bootstrap.chunks(len(rx), 4 * (n + m) * num_dirs):
-            w = w2sq_weighted(big[0], big[2].counts[s][:, big[1]], small[0], small[2].counts[s][:, small[1]])
+            cb, cs = big[2].counts[s].to(torch.float32), small[2].counts[s].to(torch.float32)
+            w = w2sq_weighted(big[0], cb[:, big[1]], small[0], cs[:, small[1]]).to(torch.float64)
             out.append(w.mean(1).clamp(min=0).sqrt())
         return torch.cat(out)
     for s in bootstrap.chunks(len(rx), (n + m) * num_dirs):
