@@ -1,6 +1,6 @@
 """The added cost of the bootstrap intervals, per metric, on quickstart-sized sets (docs/metrics.md).
 
-    python -m bench_metrics.bootstrap_cost [--num-samples 500] [--resamples 200] [--repeats 3]
+    python -m bench_metrics.bootstrap_cost [--num-samples 500] [--resamples 200] [--repeats 3] [--only swd fid]
 
 "Generated" samples are real train rows (no model is needed to time a metric); each metric runs
 with ``bootstrap: 0`` and with ``bootstrap: B`` on the same context, after one warm-up run that fills
@@ -41,13 +41,16 @@ def main(argv=None) -> None:
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--resamples", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="metric names (default all)")
     a = ap.parse_args(argv)
     print(f"| metric | dataset | n | without (s) | with B = {a.resamples} (s) | added (s) |")
     print("|---|---|---|---|---|---|")
     for spec, name in CASES:
+        if a.only and spec["name"] not in a.only:
+            continue
         data = registries()["dataset"].create({"name": name})
         ctx = metric_context(data, fixed_subset(data.split("train"), a.num_samples, "bootstrap-cost"))
-        registries()["metric"].create(spec, context=ctx.build_context).compute(ctx)  # warm-up: reference store
+        registries()["metric"].create({**spec, "bootstrap": 0}, context=ctx.build_context).compute(ctx)  # warm-up
         off = seconds({**spec, "bootstrap": 0}, ctx, a.repeats)
         on = seconds({**spec, "bootstrap": a.resamples}, ctx, a.repeats)
         print(f"| {spec['name']} | {name} | {len(ctx.samples)} | {off:.2f} | {on:.2f} | {on - off:.2f} |")
