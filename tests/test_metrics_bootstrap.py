@@ -257,3 +257,11 @@ def test_bpd_logs_mean_plus_minus_196_sem():
     assert out["nll"] == pytest.approx(float(v.mean())) and out["nll_sem"] == pytest.approx(sem)
     assert out["nll_ci_lo"] == pytest.approx(float(v.mean()) - 1.959964 * sem)
     assert out["nll_ci_hi"] == pytest.approx(float(v.mean()) + 1.959964 * sem)
+
+
+def test_a_bootstrap_beyond_the_operation_limit_is_skipped_and_said(monkeypatch):
+    monkeypatch.setattr(bs, "MAX_OPERATIONS", 1e3)
+    data, lines = Points(), []
+    out = SlicedWasserstein(num_projections=8).compute(metric_context(data, data.split("train")[:50], log=lines.append))
+    assert "swd" in out and "swd_ci_lo" not in out and "swd_boot_n" not in out
+    assert any("swd: no bootstrap interval" in line for line in lines)

@@ -45,6 +45,18 @@ from bench.rng import derive_seed
 LEVEL = 0.95
 #: resamples evaluated together (bounds the memory of the batched matrices)
 CHUNK_ELEMENTS = 4_000_000
+#: above this many arithmetic operations (a minute or more on a CPU) a metric logs no interval
+MAX_OPERATIONS = 2e11
+
+
+def affordable(key: str, operations: float, log) -> bool:
+    """Whether a bootstrap of about ``operations`` multiply-adds is within MAX_OPERATIONS; if not,
+    say so in the case log (the metric then logs no interval)."""
+    if operations <= MAX_OPERATIONS:
+        return True
+    log(f"{key}: no bootstrap interval: about {operations:.1e} operations for these set sizes (limit "
+        f"{MAX_OPERATIONS:.0e}); set bootstrap: 0 to silence this, or use fewer samples")
+    return False
 
 
 @dataclass

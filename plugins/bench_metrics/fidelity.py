@@ -285,7 +285,8 @@ class _Fidelity:
         gen = generated_features(self.extractor, x, ctx.data, self.quantize, self.batch_size)
         k = self.key
         values = self.values(gen, ref, floor)
-        if self.bootstrap:
+        n, m, d = len(gen.features), len(ref.features), gen.features.shape[1]
+        if self.bootstrap and bootstrap.affordable(k, self.bootstrap_operations(n, m, d), ctx.log):
             values.update(self.intervals(gen.features, ref.features, values))
         if len(sets.floor) < len(x):  # the floor is smaller: also give the value at the floor's size
             nf = len(sets.floor)
@@ -322,6 +323,10 @@ class _Fidelity:
         """Bootstrap replicates of each main value, keyed by its logged name."""
         raise NotImplementedError
 
+    def bootstrap_operations(self, n: int, m: int, d: int) -> float:
+        """About how many multiply-adds the bootstrap needs for n generated and m reference rows in d dimensions."""
+        return (n + m) ** 2 * d + 2 * self.bootstrap * (n + m) ** 2  # pairwise matrices, then one pass per resample
+
 
 class FID(_Fidelity):
     """Metric ``fid``: logs ``fid``, ``fid_floor``, ``fid_num_samples``, ``fid_ref_num_samples``,
@@ -338,6 +343,12 @@ class FID(_Fidelity):
 
     def replicates(self, gen, ref, rg, rr):
         return {self.key: bootstrap.frechet_replicates(gen, ref, rg, rr)}
+
+    def bootstrap_operations(self, n, m, d):
+        k = min(n, m)
+        if d > k:  # the n x m form
+            return n * m * d + self.bootstrap * (n * m * k + 10 * k ** 3)
+        return self.bootstrap * ((n + m) * d * d + 30 * d ** 3)  # covariances and eigendecompositions
 
 
 class KID(_Fidelity):

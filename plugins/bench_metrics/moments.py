@@ -119,7 +119,8 @@ class Moments:
         if x.shape[1] != len(mu):
             raise MetricSkipped(f"samples of dimension {x.shape[1]} but the stated mean has {len(mu)}")
         out = {f"{self.key}_{k}": v for k, v in moments(x, mu, cov).items()}
-        if self.bootstrap:
+        if self.bootstrap and bootstrap.affordable(self.key, float(self.bootstrap) * x.shape[0] * x.shape[1] ** 2,
+                                                   ctx.log):
             out.update(error_intervals(x, mu, cov, self.bootstrap, self.key, out))
         return out
 

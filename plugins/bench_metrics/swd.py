@@ -141,7 +141,8 @@ class SlicedWasserstein:
         out = {k: sliced_wasserstein(x, sets.reference, dirs, self.p),
                f"{k}_floor": sliced_wasserstein(sets.floor, sets.reference, dirs, self.p),
                f"{k}_num_samples": float(len(x)), **sets.counts(k)}
-        if self.bootstrap:
+        ops = 10.0 * self.bootstrap * self.num_projections * (len(x) + len(sets.reference))
+        if self.bootstrap and bootstrap.affordable(k, ops, ctx.log):
             px, py = flat64(x) @ dirs.T, flat64(sets.reference) @ dirs.T
             rx, ry = bootstrap.draw(self.bootstrap, len(px), len(py), tag=k)
             out.update(bootstrap.interval(k, swd_replicates(px, py, rx, ry, self.p), out[k]))
