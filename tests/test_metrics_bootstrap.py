@@ -4,7 +4,6 @@ against closed forms, the cached features (no extra extractor call), the logged 
 normal interval."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
