@@ -92,7 +92,8 @@ def test_metric_through_the_context_and_its_skips():
     x = torch.tensor(draw(2000, mu, cov, np.random.default_rng(3)))
     out = Moments().compute(metric_context(GaussData(mu, cov), x))
     assert set(out) == {f"moments_{k}" for k in ("mean_err", "cov_err", "mean_p", "cov_p", "var_p", "mean_stat",
-                                                   "cov_stat", "var_stat", "num_samples")}
+                                                   "cov_stat", "var_stat", "num_samples", "boot_n", "mean_err_ci_lo",
+                                                   "mean_err_ci_hi", "cov_err_ci_lo", "cov_err_ci_hi")}
     assert out["moments_num_samples"] == 2000
     with pytest.raises(MetricSkipped, match="states no Gaussian"):
         Moments().compute(metric_context(GaussData(mu, cov, kind="gmm"), x))

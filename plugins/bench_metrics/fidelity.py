@@ -17,6 +17,12 @@ hash of (the real images after preprocessing, dataset name, split, count, prepro
 identity incl. weights sha256, batch size), so a second metric on the same reference recomputes
 nothing (``<key>_ref_cached`` = 1). Every distance is logged with its floor: the same distance from
 a real sample of the same size as the generated set (other split, disjoint) to the same reference.
+
+With ``bootstrap`` B > 0 each value also gets a 95% percentile interval ``<value>_ci_lo``/``_ci_hi``
+(and ``<key>_boot_n`` = B) over B resamples of the generated and reference features already in
+hand (:mod:`bench_metrics.bootstrap`; no feature is extracted again): FID by the eigenvalue form of
+tr (S_g S_r)^(1/2); KID by the full-set unbiased MMD^2 with KID's kernel (the subset average estimates
+the same quantity); precision and recall conditional on the full sets' k-NN balls.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from pydantic import Field
 from bench.protocols import FeatureSet
 from bench.store import content_key
 
+from . import bootstrap
 from .common import OTHER_SPLIT, RealSets, generated, real_sets, tensor_digest
 from .digits_classifier import threads
 from .extractors import (FidelityExtractor, as_fidelity_extractor, preprocessing, register_with_torch_fidelity,
@@ -233,19 +240,22 @@ class _Fidelity:
     (feature extraction), ``key`` (metric key prefix)."""
 
     default_key = "?"
+    #: recentre the bootstrap interval on the estimate (:mod:`bench_metrics.bootstrap`)
+    biased = False
 
     def __init__(self, extractor: str | dict[str, Any] = "auto",
                  num_samples: Annotated[int, Field(gt=1)] | None = None,
                  reference_split: Literal["train", "test"] | None = None,
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
                  quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64,
-                 key: str | None = None, context=None):
+                 key: str | None = None, bootstrap: Annotated[int, Field(ge=0)] = 200, context=None):
         built = context.build("feature_extractor", extractor)
         self.extractor = as_fidelity_extractor(built, context.data)
         self.reference_split = reference_split or default_reference_split(self.extractor)
         self.num_samples = num_samples
         self.reference_num_samples, self.quantize, self.batch_size = reference_num_samples, quantize, batch_size
         self.key = key or self.default_key
+        self.bootstrap = bootstrap
 
     # ------------------------------------------------------------------ shared steps
     def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features]:
@@ -275,6 +285,9 @@ class _Fidelity:
         gen = generated_features(self.extractor, x, ctx.data, self.quantize, self.batch_size)
         k = self.key
         values = self.values(gen, ref, floor)
+        n, m, d = len(gen.features), len(ref.features), gen.features.shape[1]
+        if self.bootstrap and bootstrap.affordable(k, self.bootstrap_operations(n, m, d), ctx.log):
+            values.update(self.intervals(gen.features, ref.features, values))
         if len(sets.floor) < len(x):  # the floor is smaller: also give the value at the floor's size
             nf = len(sets.floor)
             small = Features(gen.features[:nf], fid_features_to_statistics(gen.features[:nf]), gen.key, True)
@@ -297,18 +310,45 @@ class _Fidelity:
         """The metric's values; with ``floor`` None only the main value (keyed ``key``)."""
         raise NotImplementedError
 
+    def intervals(self, gen: torch.Tensor, ref: torch.Tensor, values: dict[str, float]) -> dict[str, float]:
+        """95% percentile intervals of the main ``values`` over ``bootstrap`` resamples of the generated
+        and reference features, and ``<key>_boot_n``."""
+        rg, rr = bootstrap.draw(self.bootstrap, len(gen), len(ref), tag=self.key)
+        out = {f"{self.key}_boot_n": float(self.bootstrap)}
+        for name, reps in self.replicates(gen, ref, rg, rr).items():
+            out.update(bootstrap.interval(name, reps, values[name] if self.biased else None))
+        return out
+
+    def replicates(self, gen, ref, rg, rr) -> dict[str, torch.Tensor]:
+        """Bootstrap replicates of each main value, keyed by its logged name."""
+        raise NotImplementedError
+
+    def bootstrap_operations(self, n: int, m: int, d: int) -> float:
+        """About how many multiply-adds the bootstrap needs for n generated and m reference rows in d dimensions."""
+        return (n + m) ** 2 * d + 2 * self.bootstrap * (n + m) ** 2  # pairwise matrices, then one pass per resample
+
 
 class FID(_Fidelity):
     """Metric ``fid``: logs ``fid``, ``fid_floor``, ``fid_num_samples``, ``fid_ref_num_samples``,
     ``fid_floor_num_samples``, ``fid_ref_cached``, ``fid_feature_dim`` (+ extractor numbers)."""
 
     default_key = "fid"
+    biased = True
 
     def values(self, gen, ref, floor):
         out = {self.key: fid_from_stats(gen.stats, ref.stats)}
         if floor is not None:
             out[f"{self.key}_floor"] = fid_from_stats(floor.stats, ref.stats)
         return out
+
+    def replicates(self, gen, ref, rg, rr):
+        return {self.key: bootstrap.frechet_replicates(gen, ref, rg, rr)}
+
+    def bootstrap_operations(self, n, m, d):
+        k = min(n, m)
+        if d > k:  # the n x m form
+            return n * m * d + self.bootstrap * (n * m * k + 10 * k ** 3)
+        return self.bootstrap * ((n + m) * d * d + 30 * d ** 3)  # covariances and eigendecompositions
 
 
 class KID(_Fidelity):
@@ -323,9 +363,9 @@ class KID(_Fidelity):
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
                  quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64, key: str | None = None,
                  subsets: Annotated[int, Field(gt=0)] = 100, subset_size: Annotated[int, Field(gt=1)] = 1000,
-                 context=None):
+                 bootstrap: Annotated[int, Field(ge=0)] = 200, context=None):
         super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
-                         key, context)
+                         key, bootstrap, context)
         self.subsets, self.subset_size = subsets, subset_size
 
     def values(self, gen, ref, floor):
@@ -338,6 +378,10 @@ class KID(_Fidelity):
         b = kid_from_features(floor.features, ref.features, self.subsets, s)
         return {k: a[0], f"{k}_std": a[1], f"{k}_floor": b[0], f"{k}_floor_std": b[1],
                 f"{k}_subset_size": float(s), f"{k}_subsets": float(self.subsets)}
+
+    def replicates(self, gen, ref, rg, rr):
+        kernels = (bootstrap.kid_kernel(gen, gen), bootstrap.kid_kernel(ref, ref), bootstrap.kid_kernel(gen, ref))
+        return {self.key: bootstrap.mmd2_replicates(*kernels, rg, rr)}
 
 
 class PRC(_Fidelity):
@@ -352,9 +396,10 @@ class PRC(_Fidelity):
                  reference_split: Literal["train", "test"] | None = None,
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
                  quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64, key: str | None = None,
-                 neighborhood: Annotated[int, Field(gt=0)] = 3, context=None):
+                 neighborhood: Annotated[int, Field(gt=0)] = 3, bootstrap: Annotated[int, Field(ge=0)] = 200,
+                 context=None):
         super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
-                         key, context)
+                         key, bootstrap, context)
         self.neighborhood = neighborhood
 
     def values(self, gen, ref, floor):
@@ -365,6 +410,10 @@ class PRC(_Fidelity):
         k = self.key
         return {f"{k}_precision": a["precision"], f"{k}_recall": a["recall"], f"{k}_f_score": a["f_score"],
                 f"{k}_precision_real": b["precision"], f"{k}_recall_real": b["recall"]}
+
+    def replicates(self, gen, ref, rg, rr):
+        reps = bootstrap.prc_replicates(gen, ref, rg, rr, self.neighborhood)
+        return {f"{self.key}_{name}": r for name, r in reps.items()}
 
 
 _CLASSES = {"fid": FID, "kid": KID, "prc": PRC}

@@ -13,7 +13,9 @@ and ``log_likelihood(x, rng, method=..., **opts) -> LikelihoodResult`` (``nll`` 
 - continuous data (points, ``levels`` None): the NLL of x as given, in nats per dim, nll / D.
 
 The ``nll`` metric reports nats per dim of the same quantity (bpd * ln 2 for quantised data).
-Logged (metric ``bpd``): ``bpd`` (or ``nll`` for continuous data), its standard error ``*_sem``,
+Logged (metric ``bpd``): ``bpd`` (or ``nll`` for continuous data), its standard error ``*_sem`` and
+the 95% normal interval ``*_ci_lo``/``*_ci_hi`` = mean -/+ 1.96 sem (a mean of independent per-sample
+values; :func:`bench_metrics.bootstrap.normal_interval`),
 ``bpd_nfe`` (mean NFE of one ``log_likelihood`` call on a batch), ``bpd_num_samples`` and any
 ``LikelihoodResult.extra`` values as ``bpd_<name>``; the method, kind and options go to the case
 log and to ``artifacts/bpd.json``. Test images: a fixed subset of ``num_samples`` (same for every
@@ -33,6 +35,8 @@ from bench.store import content_key
 from bench.errors import UserError
 from bench.likelihood import bits_per_dim, dequantize, discrete_bits_per_dim, quantize, unit_to_model
 from bench.rng import PerSampleRNG, derive_seed
+
+from .bootstrap import normal_interval
 
 
 def subset_indices(n_total: int, n: int | None, split: str) -> torch.Tensor:
@@ -138,12 +142,18 @@ class BitsPerDim:
         if entry is not None:
             values = json.loads((entry / "values.json").read_text())
             ctx.log(f"{self.key}: the model's likelihood was measured by an earlier case; loaded from the store")
-            return {**values, f"{self.key}_cached": 1.0}
+            return {**values, **self.interval(values), f"{self.key}_cached": 1.0}
         values = self._compute(ctx)
         if key:
             ctx.store.put("likelihood", key, lambda d: (d / "values.json").write_text(json.dumps(values)),
                           meta={"metric": self.key})
-        return {**values, f"{self.key}_cached": 0.0}
+        return {**values, **self.interval(values), f"{self.key}_cached": 0.0}
+
+    def interval(self, values: dict[str, float]) -> dict[str, float]:
+        """``<name>_ci_lo``/``_ci_hi`` from ``<name>`` (``bpd``, or ``nll`` for continuous data) and
+        ``<name>_sem`` (also for values stored before intervals were logged)."""
+        name = self.key if self.key in values else "nll"
+        return normal_interval(name, values[name], values[f"{name}_sem"])
 
     def _compute(self, ctx) -> dict[str, float]:
         out = self.evaluate(ctx)

@@ -25,7 +25,9 @@ samples in D dimensions, sample mean m and sample covariance S = A / (n - 1), A 
   is z = 0.03 sqrt(nu D / 2) = 7.6.
 
 Also logged: ``moments_mean_stat``, ``moments_cov_stat``, ``moments_var_stat`` (T_mean, T_cov, T_var),
-``moments_num_samples``.
+``moments_num_samples``; with ``bootstrap`` B > 0, the 95% percentile intervals ``moments_mean_err_ci_lo``/
+``_ci_hi`` and ``moments_cov_err_ci_lo``/``_ci_hi`` over B resamples of the generated set (the reference
+is the stated Gaussian, not a sample; :mod:`bench_metrics.bootstrap`) and ``moments_boot_n`` = B.
 A small p-value (e.g. < 0.001) says the samples are not exact; a p-value is not an effect size (read
 the errors for that). The metric skips, with the reason, when the case has no samples, when the dataset
 states no Gaussian mean and covariance (e.g. a Gaussian mixture, whose moments are known but whose
@@ -39,8 +41,11 @@ import numpy as np
 from pydantic import Field
 from scipy import stats
 
+import torch
+
 from bench.context import MetricSkipped
 
+from . import bootstrap
 from .common import flat64, generated, prefixed
 
 
@@ -100,15 +105,33 @@ def moments(x: np.ndarray, mu: np.ndarray, cov: np.ndarray) -> dict[str, float]:
 
 class Moments:
     """Metric ``moments``. Parameters: ``num_samples`` (generated samples used, default all),
-    ``key`` (metric key prefix, default ``moments``)."""
+    ``key`` (metric key prefix, default ``moments``), ``bootstrap`` (resamples of the intervals, 0: none)."""
 
-    def __init__(self, num_samples: Annotated[int, Field(gt=1)] | None = None, key: str | None = None):
+    def __init__(self, num_samples: Annotated[int, Field(gt=1)] | None = None, key: str | None = None,
+                 bootstrap: Annotated[int, Field(ge=0)] = 200):
         self.num_samples = num_samples
         self.key = prefixed(key, "moments")
+        self.bootstrap = bootstrap
 
     def compute(self, ctx) -> dict[str, float]:
         mu, cov = gaussian_truth(ctx.data.params)
         x = flat64(generated(ctx, self.num_samples)).numpy()
         if x.shape[1] != len(mu):
             raise MetricSkipped(f"samples of dimension {x.shape[1]} but the stated mean has {len(mu)}")
-        return {f"{self.key}_{k}": v for k, v in moments(x, mu, cov).items()}
+        out = {f"{self.key}_{k}": v for k, v in moments(x, mu, cov).items()}
+        if self.bootstrap and bootstrap.affordable(self.key, float(self.bootstrap) * x.shape[0] * x.shape[1] ** 2,
+                                                   ctx.log):
+            out.update(error_intervals(x, mu, cov, self.bootstrap, self.key, out))
+        return out
+
+
+def error_intervals(x: np.ndarray, mu: np.ndarray, cov: np.ndarray, num: int, key: str,
+                    values: dict[str, float]) -> dict[str, float]:
+    """95% percentile intervals of ``<key>_mean_err`` and ``<key>_cov_err`` (estimates in ``values``)
+    over ``num`` resamples of ``x``."""
+    xt = torch.from_numpy(x)
+    (r,) = bootstrap.draw(num, len(xt), tag=key)
+    mean_err, cov_err = bootstrap.moment_errors(xt, r.counts, torch.from_numpy(mu), torch.from_numpy(cov))
+    return {**bootstrap.interval(f"{key}_mean_err", mean_err, values[f"{key}_mean_err"]),
+            **bootstrap.interval(f"{key}_cov_err", cov_err, values[f"{key}_cov_err"]),
+            f"{key}_boot_n": float(num)}
