@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.bench-test-installed
 SUITE   ?= suites/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run test test-slow clean
+.PHONY: install install-test run test test-slow acceptance clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ test: install-test
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: install-test
-	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m 'slow and not acceptance' $(PYTEST_ARGS)
+
+# full-size reproductions (the whole oracle suite, 20,000 fuzzed suites, ...): tens of minutes, not in CI
+acceptance: install-test
+	$(VENV)/bin/python -m pytest -q -m acceptance $(PYTEST_ARGS)
 
 clean:
 	rm -rf results mlflow.db mlartifacts .bench-store

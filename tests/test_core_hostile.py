@@ -243,7 +243,7 @@ def mutated_real_suites(n, seed=11):
         yield name, text
 
 
-@pytest.mark.parametrize("count", [2000, pytest.param(20000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("count", [2000, pytest.param(20000, marks=pytest.mark.acceptance)])
 def test_mutated_real_suites_never_crash_validation(tmp_path, count):
     """The `bench validate` code path, in-process, over mutated shipped suites: each one is valid
     or a UserError (exit 2); anything else would be exit 3 with a traceback."""

@@ -194,7 +194,7 @@ def test_pretrained_family_and_bridge_run_end_to_end(workdir):
     assert all("num_params" not in r["metrics"] for r in records)  # not trained
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_shipped_suite_end_to_end(workdir):
     import json
     from pathlib import Path

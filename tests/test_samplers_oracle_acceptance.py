@@ -71,7 +71,7 @@ def test_acceptance_logic_picks_the_largest_nfe_and_flags_low_p():
     assert set(largest_nfe_rejections(records, exempt={("d", "f", "ald", None)})) == {"pf_ode80"}
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_samplers_oracle_acceptance(workdir):
     result = CliRunner().invoke(app, ["run", str(ROOT / "suites" / "samplers-oracle.yaml"), "-q", "--threads", "1",
                                       "--executor", "process", "--workers", "2"])
