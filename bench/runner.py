@@ -25,6 +25,7 @@ from . import plots, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .errors import BudgetExceeded, CaseFailed
 from .executors import signals
+from .redact import redact_secrets
 from .rng import derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label
@@ -71,8 +72,9 @@ def run_case(job: CaseJob) -> dict[str, Any]:
 
 
 def write_record(case_dir: Path, record: dict[str, Any]) -> None:
+    """The case's record.json, atomically; secret-looking values redacted (:mod:`bench.redact`)."""
     tmp = case_dir / "record.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=_jsonable))
+    tmp.write_text(json.dumps(redact_secrets(record), indent=1, default=_jsonable))
     os.replace(tmp, case_dir / "record.json")
 
 
@@ -252,7 +254,8 @@ class CaseRunner:
         record: dict[str, Any] = {"case_id": case.id, "case_hash": case.hash, "train_key": case.train_key,
                                   "status": "running", "labels": case.labels(), "config": case.config(), "versions": case.versions,
                                   "started": time.time()}
-        (self.dir / "case.yaml").write_text(dump_yaml({"id": case.id, "hash": case.hash, **case.config()}))
+        (self.dir / "case.yaml").write_text(dump_yaml(redact_secrets({"id": case.id, "hash": case.hash,
+                                                                      **case.config()})))
         torch.manual_seed(derive_seed(case.seed, "torch-global"))
         try:
             dataset = self.load_dataset()

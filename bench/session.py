@@ -60,7 +60,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         results_dir = results_dir.with_name(f"{stamp}-{n}")
     results_dir.mkdir(parents=True)
     (results_dir / "suite.yaml").write_text(dump_yaml(redact_secrets(suite.raw)))  # no credentials on disk
-    (results_dir / "cases.json").write_text(json.dumps([c.to_dict() for c in suite.cases], indent=1))
+    (results_dir / "cases.json").write_text(json.dumps(redact_secrets([c.to_dict() for c in suite.cases]), indent=1))
 
     fingerprint = machine_fingerprint()
     tags = {"bench.version": _bench_version(), "bench.suite": suite.name, "bench.results_dir": str(results_dir),
@@ -133,7 +133,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     summary = summarize(records)
     (results_dir / "summary.md").write_text(summary)
     (results_dir / "records.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "series"} for r in records], indent=1, default=str))
+        redact_secrets([{k: v for k, v in r.items() if k != "series"} for r in records]), indent=1, default=str))
     manager.hook.bench_suite_finished(suite=suite, records=records, results_dir=str(results_dir))
     if not interrupted:  # comparison.md/.csv: logged with the parent run's artifacts just below
         from .compare import write_suite_comparison

@@ -216,7 +216,7 @@ def _everything_mlflow_holds(db: Path) -> str:
 def test_no_credential_reaches_output_params_tags_metrics_or_artifacts(workdir, monkeypatch, shared_db):
     """A password in the suite's tracking URI and secret-looking metric parameters: none of their
     values appears in the output, MLflow (params, tags, metric names, run names), its artifacts,
-    or the suite.yaml written to the results directory."""
+    or any file of the results directory (suite.yaml, cases.json, records.json, each case's files)."""
     (workdir / "bench_secretplug.py").write_text(SECRET_PLUGIN)
     monkeypatch.syspath_prepend(str(workdir))
     params = ", ".join(f"{k}: {v}" for k, v in SECRETS.items())
@@ -234,11 +234,14 @@ def test_no_credential_reaches_output_params_tags_metrics_or_artifacts(workdir, 
     assert "keyed[access_key=***" in uploaded  # record.json, case.yaml, cases.json were uploaded
     stored_suite = next(workdir.glob("results/sec/*/suite.yaml")).read_text()
     assert "mlflow.example" in stored_suite
+    local = "\n".join(p.read_text(errors="replace") for p in (workdir / "results").rglob("*") if p.is_file())
+    assert "keyed[access_key=***" in local  # records, case.yaml, cases.json, records.json are written
     for secret in secrets:
         assert secret not in result.output
         assert secret not in held
         assert secret not in uploaded
         assert secret not in stored_suite
+        assert secret not in local  # no file of the results directory holds it either
 
 
 # ----------------------------------------------------------------------------- YAML
