@@ -110,8 +110,15 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
         store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
         threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                               help="torch threads per case (default: all cores, or cores/workers)"),
+        device: Optional[str] = typer.Option(None, "--device",
+                                             help="auto | cpu | cuda | cuda:N | mps, for every case (default: the suite's, else auto)"),
+        precision: Optional[str] = typer.Option(None, "--precision",
+                                                help="fp32 | bf16 | fp16, for every case (default: the suite's, else fp32)"),
         plugins: Optional[List[str]] = PluginsOpt) -> None:
     """Run every case of a suite and log it to MLflow."""
+    # --device X is --set device=X: it overrides the suite's defaults and every matrix entry's
+    overrides = [*(overrides or []), *([f"device={device}"] if device else []),
+                 *([f"precision={precision}"] if precision else [])]
     manager, suite = _load(file, plugins, overrides)
     if dry_run:  # before importing the session: a dry run needs neither MLflow nor the runner
         _print_plan(suite)

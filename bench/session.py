@@ -23,7 +23,7 @@ from .timing import machine_fingerprint
 from .tracking import Tracker, check_tracking_uri, driver_tags, redact_uri
 
 HEADLINE = ("fid", "fid_floor", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
-BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "num_params",
+BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "peak_gpu_mem_mb", "num_params",
                "num_samples", "metric_time_s", "final_loss", "steps"}
 
 
