@@ -568,7 +568,7 @@ def _run_keys(defaults: Defaults, extras: list[dict], positions: Positions) -> d
     try:
         values["device"] = resolve_device(values["device"])
     except UserError as exc:
-        raise exc.with_location(where["device"]) from None
+        raise SuiteError(exc.message, where["device"], exc.hint) from None
     return values
 
 

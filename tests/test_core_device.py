@@ -1,0 +1,272 @@
+"""Devices and precision (issue 14): ``--device``/``--precision``, suite ``device:``/``precision:``/``tf32:``,
+the device as provenance (not hashed), autocast and loss scaling, device clocks, and the device path of
+PerSampleRNG. CUDA-only checks are skipped on machines without a GPU."""
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bench import trainer
+from bench.cli import app
+from bench.device import autocast, resolve_device
+from bench.errors import SuiteError, UserError
+from bench.rng import PerSampleRNG
+from bench.runner import CaseJob, CaseRunner, RunSettings
+from bench.suite import load_suite
+from bench.timing import DeviceClock, peak_gpu_mem_mb
+from bench.tracking import search_runs_frame
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
+
+SUITE = """\
+name: dev
+seed: 0
+defaults:
+  train: {steps: 20, batch_size: 32, lr: 0.05}
+  eval: {num_samples: 40, batch_size: 16, grid: 0}
+{defaults_extra}
+matrix:
+  dataset: [toy2d/moons]
+  family:
+    - fitgauss
+{family_extra}
+  sampler: [gauss]
+metrics: [mean_err]
+"""
+
+
+def suite_text(defaults_extra: str = "", family_extra: str = "") -> str:
+    return SUITE.replace("{defaults_extra}", defaults_extra).replace("{family_extra}", family_extra)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This machine as one without a GPU, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def load(workdir, manager, text, overrides=()):
+    (workdir / "suite.yaml").write_text(text)
+    return load_suite(workdir / "suite.yaml", manager.registries, manager.versions(), list(overrides))
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def test_auto_is_cuda_when_available_else_cpu(monkeypatch, no_cuda):
+    assert resolve_device("auto") == resolve_device(None) == "cpu"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(UserError, match=r"device 'cuda:2' is not available.*cuda:0 \(Fake GPU\), cuda:1"):
+        resolve_device("cuda:2")
+
+
+def test_a_missing_device_names_it_and_what_torch_sees(no_cuda):
+    with pytest.raises(UserError) as info:
+        resolve_device("cuda")
+    assert str(info.value) == "error: device 'cuda' is not available on this machine; torch sees: cpu"
+    with pytest.raises(UserError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+
+
+def test_suite_device_the_machine_lacks_fails_at_load_with_its_line(workdir, manager, no_cuda):
+    text = suite_text("  device: cuda")
+    with pytest.raises(SuiteError) as info:
+        load(workdir, manager, text)
+    loc = info.value.location
+    assert loc is not None and loc.line == text.splitlines().index("  device: cuda") + 1
+    assert "torch sees: cpu" in str(info.value)
+    # a bad spelling is a schema error at its line too
+    with pytest.raises(SuiteError, match=r"defaults\.device"):
+        load(workdir, manager, suite_text("  device: gpu0"))
+
+
+def test_cli_missing_device_is_one_line_and_exit_2(workdir, no_cuda):
+    (workdir / "suite.yaml").write_text(suite_text())
+    result = CliRunner().invoke(app, ["run", "suite.yaml", "--device", "cuda:0", "--plugins", "bench_testplug"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "device 'cuda:0' is not available" in lines[0] and "torch sees: cpu" in lines[0]
+    assert "Traceback" not in result.output and not Path("results").exists()
+
+
+def test_device_is_not_hashed_precision_is(workdir, manager, no_cuda):
+    base = load(workdir, manager, suite_text()).cases[0]
+    on_cpu = load(workdir, manager, suite_text("  device: cpu")).cases[0]
+    assert base.device == on_cpu.device == "cpu"
+    assert (base.hash, base.train_key, base.id) == (on_cpu.hash, on_cpu.train_key, on_cpu.id)
+    assert "precision" not in base.config() and "device" not in base.config()
+    bf16 = load(workdir, manager, suite_text("  precision: bf16")).cases[0]
+    assert bf16.config()["precision"] == "bf16"
+    assert bf16.hash != base.hash and bf16.train_key != base.train_key and bf16.id == base.id
+
+
+def test_entries_override_defaults_and_the_flag_overrides_all(workdir, manager, no_cuda):
+    text = suite_text("  precision: bf16", "    - {name: fitgauss, id: half, precision: fp16, device: cpu}")
+    cases = {c.labels()["family"]: c for c in load(workdir, manager, text).cases}
+    assert cases["fitgauss"].precision == "bf16" and cases["half"].precision == "fp16"
+    assert "precision" not in cases["half"].family  # a run key, not a component parameter
+    flagged = {c.labels()["family"]: c for c in load(workdir, manager, text, ["precision=fp32"]).cases}
+    assert {c.precision for c in flagged.values()} == {"fp32"}
+    with pytest.raises(SuiteError, match="not available"):  # --device cuda reaches the entry that says cpu
+        load(workdir, manager, text, ["device=cuda"])
+    with pytest.raises(SuiteError, match=r"precision"):
+        load(workdir, manager, text, ["precision=fp8"])
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+class Recorder(torch.nn.Module):
+    """A linear model that records the autocast state its loss was computed under."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.seen: list = []
+
+    def loss(self, x, rng):
+        self.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        out = self.lin(x)
+        return (out - x).pow(2).mean()
+
+
+class Data:
+    def __init__(self):
+        self.x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+
+    def split(self, name):
+        return self.x
+
+
+CFG = {"steps": 30, "batch_size": 16, "lr": 1e-2, "weight_decay": 0.0, "ema": 0.0, "grad_clip": 1.0,
+       "warmup": 0, "log_every": 10}
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_training_runs_under_the_precision_it_is_given(precision, dtype):
+    torch.manual_seed(0)
+    family = Recorder()
+    state = trainer.train(family, Data(), CFG, 0, lambda it, **_: it, lambda where: None,
+                          device="cpu", precision=precision)
+    enabled = {e for e, _ in family.seen}
+    assert enabled == {dtype is not None}
+    if dtype is not None:
+        assert {d for _, d in family.seen} == {dtype}
+    curve = [v for _, v in state["loss_curve"]]
+    assert curve[-1] < curve[0]  # it learns in every precision (fp16 through the loss scaler)
+
+
+def test_fp32_uses_no_autocast_at_all():
+    """fp32 must give the numbers bench gave before precision existed: no autocast context at all."""
+    with autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.nn.Linear(3, 3)(torch.ones(2, 3)).dtype == torch.bfloat16
+
+
+def test_sampling_runs_under_autocast_and_returns_float32_cpu_samples(workdir, manager, no_cuda):
+    case = load(workdir, manager, suite_text("  precision: bf16")).cases[0]
+    job = CaseJob(case.to_dict(), RunSettings(store=str(workdir / "store"), results_dir=str(workdir / "res"),
+                                              plugins=("bench_testplug",), quiet=True))
+    runner = CaseRunner(case, job)
+    dataset = runner.load_dataset()
+    from bench.context import BuildContext
+
+    ctx = BuildContext.from_registries(runner.regs, seed=0, store=runner.store, dataset=dataset)
+    family = runner.regs.family.create(case.family, context=ctx)
+    seen = []
+
+    class Sampler:
+        def sample(self, family, rng):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            x = rng.randn(*family.mu.shape)
+            family.head(x)
+            return torch.nn.functional.linear(x, torch.eye(x.shape[1])) * family.s.exp() + family.mu  # bf16 matmul
+
+    out = runner.sample(family, Sampler(), 40)
+    assert seen == [True] * 3 and out.nfe == 1
+    assert out.samples.dtype == torch.float32 and out.samples.device.type == "cpu" and out.samples.shape == (40, 2)
+
+
+@pytest.mark.slow  # about 20 s: a CLI run with MLflow
+def test_bf16_run_end_to_end_logs_device_and_precision(workdir):
+    (workdir / "suite.yaml").write_text(suite_text())
+    result = CliRunner().invoke(app, ["run", "suite.yaml", "-q", "--device", "cpu", "--precision", "bf16",
+                                      "--plugins", "bench_testplug"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(Path("results").glob("dev/*/cases/*/record.json")).read_text())
+    assert record["device"] == "cpu" and record["precision"] == "bf16" and record["status"] == "ok"
+    assert "peak_gpu_mem_mb" not in record["metrics"]  # absent on the CPU
+    runs = search_runs_frame("sqlite:///" + str(Path("mlflow.db").resolve()), ["dev"], max_results=10)
+    case = runs[runs["tags.bench.kind"] == "case"].iloc[0]
+    assert case["tags.bench.device"] == "cpu" and case["params.precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_quickstart_bf16_on_cpu_end_to_end(workdir):
+    """The shipped quickstart, tiny, in bf16 on the CPU: every case finishes."""
+    root = Path(__file__).resolve().parents[1]
+    result = CliRunner().invoke(app, ["run", str(root / "suites" / "quickstart.yaml"), "-q", "--device", "cpu",
+                                      "--precision", "bf16", "--set", "train.steps=20", "--set", "eval.num_samples=64",
+                                      "--set", "eval.batch_size=64", "--set", "eval.grid=0",
+                                      "--results", str(workdir / "results"), "--store", str(workdir / "store"),
+                                      "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in (workdir / "results").glob("quickstart/*/cases/*/record.json")]
+    assert records and {r["status"] for r in records} == {"ok"}
+    assert {r["precision"] for r in records} == {"bf16"}
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def test_device_clock_on_cpu_measures_wall_time():
+    clock = DeviceClock("cpu")
+    clock.start()
+    time.sleep(0.05)
+    assert 0.04 < clock.stop() < 1.0
+    assert peak_gpu_mem_mb("cpu") is None
+
+
+@CUDA
+def test_cuda_clock_covers_the_kernels_and_peak_memory_is_reported():
+    x = torch.randn(4096, 4096, device="cuda")
+    clock = DeviceClock("cuda")
+    clock.start()
+    for _ in range(10):
+        x = x @ x / 4096
+    seconds = clock.stop()
+    assert seconds > 0 and peak_gpu_mem_mb("cuda") >= 64
+
+
+# ----------------------------------------------------------------------------- same samples everywhere
+
+
+def test_off_the_cpu_draws_take_the_torch_integer_path_on_that_device():
+    """What a GPU runs: off the CPU, PerSampleRNG uses the torch int64 path with every tensor on the device
+    (here the meta device, which runs the same code without data); tests/test_core_rng.py checks that this
+    path gives the numpy path's words bit for bit, by forcing it on the CPU."""
+    rng = PerSampleRNG.for_indices(0, range(3), device="meta")
+    assert not rng._numpy and PerSampleRNG.for_indices(0, range(3))._numpy
+    z, k = rng.randn(2, 5), rng.randint(7, 4)
+    assert z.device.type == k.device.type == "meta" and z.shape == (3, 2, 5) and k.shape == (3, 4)
+
+
+@CUDA
+def test_cuda_words_are_bit_identical_and_normals_agree_to_a_float32_ulp():
+    cpu = PerSampleRNG.for_indices(7, range(33))
+    gpu = PerSampleRNG.for_indices(7, range(33), device="cuda")
+    assert not gpu._numpy
+    assert torch.equal(cpu.randint(1 << 20, 100), gpu.randint(1 << 20, 100).cpu())
+    a, b = cpu.randn(3, 32, 32), gpu.randn(3, 32, 32).cpu()
+    assert torch.allclose(a, b, rtol=2 ** -23, atol=2 ** -23)
