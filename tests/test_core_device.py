@@ -270,3 +270,49 @@ def test_cuda_words_are_bit_identical_and_normals_agree_to_a_float32_ulp():
     assert torch.equal(cpu.randint(1 << 20, 100), gpu.randint(1 << 20, 100).cpu())
     a, b = cpu.randn(3, 32, 32), gpu.randn(3, 32, 32).cpu()
     assert torch.allclose(a, b, rtol=2 ** -23, atol=2 ** -23)
+
+
+# ----------------------------------------------------------------------------- benchmarks/gpu_check.py
+
+
+def _gpu_check():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_frechet_distance_matches_scipy():
+    import numpy as np
+    from scipy import linalg
+
+    gen = np.random.default_rng(0)
+    a = gen.normal(size=(400, 6)) @ gen.normal(size=(6, 6))
+    b = gen.normal(size=(300, 6)) * 1.5 + 0.3
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    want = mu @ mu + np.trace(sa + sb - 2 * linalg.sqrtm(sa @ sb).real)
+    assert _gpu_check().frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
+    assert abs(_gpu_check().frechet_distance(a, a)) < 1e-9
+
+
+@pytest.mark.slow  # about a minute on a 2-core CPU
+def test_gpu_check_quick_on_the_cpu(tmp_path):
+    out = tmp_path / "table.md"
+    assert _gpu_check().main(["--device", "cpu", "--quick", "--output", str(out)]) == 0
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| fp32") or r.startswith("| bf16")]
+    assert len(rows) == 2
+    header = next(r for r in out.read_text().splitlines() if r.startswith("| precision"))
+    for col in ("train_steps_per_s", "samples_per_s", "ms_per_nfe", "peak_gpu_mem_mb", "bench_over_hand",
+                "fid_random_proj", "max_diff_vs_cpu"):
+        assert col in header
+    fp32 = dict(zip(header.strip("| ").split(" | "), rows[0].strip("| ").split(" | ")))
+    assert float(fp32["max_diff_vs_cpu"]) < 1e-3 and fp32["peak_gpu_mem_mb"] == "n/a"
+
+
+def test_gpu_check_refuses_a_missing_device(capsys, no_cuda):
+    assert _gpu_check().main(["--device", "cuda"]) == 2
+    assert "torch sees: cpu" in capsys.readouterr().err
