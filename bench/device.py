@@ -92,3 +92,12 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
     elif kind == "mps":
         torch.mps.synchronize()
+
+
+def pinnable_gpus(devices) -> int:
+    """GPUs to spread worker processes over, one each: the number torch sees when every case runs on
+    plain ``cuda`` (an explicit ``cuda:N`` names a GPU itself, so nothing is pinned), else 0."""
+    devices = set(devices)
+    if devices != {"cuda"} or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()

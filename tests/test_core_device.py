@@ -316,3 +316,49 @@ def test_gpu_check_quick_on_the_cpu(tmp_path):
 def test_gpu_check_refuses_a_missing_device(capsys, no_cuda):
     assert _gpu_check().main(["--device", "cuda"]) == 2
     assert "torch sees: cpu" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- several GPUs
+
+
+def _environ(pid: int) -> dict:
+    """The environment a spawned child was exec'd with (waiting for the exec: before it, /proc shows
+    the parent's initial environment)."""
+    deadline = time.monotonic() + 30
+    while b"spawn_main" not in Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a child's environment from /proc (Linux)")
+@pytest.mark.parametrize("preset,want", [(None, ["0", "1", "0"]), ("5,7", ["5", "7", "5"])])
+def test_process_workers_are_pinned_one_gpu_each(monkeypatch, preset, want):
+    import os
+
+    from bench.executors.process import ProcessExecutor
+
+    if preset is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", preset)
+    executor = ProcessExecutor(workers=3, gpus=2)
+    try:
+        assert [_environ(w.proc.pid).get("CUDA_VISIBLE_DEVICES") for w in executor.pool] == want
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") == preset  # the driver's own is restored
+    finally:
+        for w in executor.pool:
+            w.kill()
+    default = ProcessExecutor(gpus=2)  # --workers defaults to one per GPU
+    for w in default.pool:
+        w.kill()
+    assert len(default.pool) == 2
+
+
+def test_gpus_are_pinned_only_when_every_case_runs_on_plain_cuda(monkeypatch):
+    from bench.device import pinnable_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert pinnable_gpus(["cuda", "cuda"]) == 4
+    assert pinnable_gpus(["cuda", "cuda:1"]) == 0 and pinnable_gpus(["cpu"]) == 0
