@@ -362,3 +362,11 @@ def test_gpus_are_pinned_only_when_every_case_runs_on_plain_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert pinnable_gpus(["cuda", "cuda"]) == 4
     assert pinnable_gpus(["cuda", "cuda:1"]) == 0 and pinnable_gpus(["cpu"]) == 0
+
+
+def test_ray_asks_one_gpu_for_a_cuda_case_and_none_otherwise():
+    from bench.executors.ray import task_options
+
+    settings = RunSettings(store="s", results_dir="r")
+    assert task_options(CaseJob({"device": "cuda"}, settings)) == {"num_cpus": 1, "num_gpus": 1}
+    assert task_options(CaseJob({"device": "cpu"}, settings)) == {"num_cpus": 1, "num_gpus": 0}
