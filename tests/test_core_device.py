@@ -95,7 +95,11 @@ def test_cli_missing_device_is_one_line_and_exit_2(workdir, no_cuda):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "device 'cuda:0' is not available" in lines[0] and "torch sees: cpu" in lines[0]
+    assert lines[0].startswith("--device: error:")
     assert "Traceback" not in result.output and not Path("results").exists()
+    result = CliRunner().invoke(app, ["run", "suite.yaml", "--precision", "fp8", "--plugins", "bench_testplug"])
+    assert result.exit_code == 2 and result.output.strip() == \
+        "--precision: error: unknown precision 'fp8': use fp32, bf16, fp16"
 
 
 def test_device_is_not_hashed_precision_is(workdir, manager, no_cuda):
