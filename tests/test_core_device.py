@@ -5,7 +5,6 @@ import json
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from typer.testing import CliRunner
