@@ -373,3 +373,18 @@ def test_ray_asks_one_gpu_for_a_cuda_case_and_none_otherwise():
     settings = RunSettings(store="s", results_dir="r")
     assert task_options(CaseJob({"device": "cuda"}, settings)) == {"num_cpus": 1, "num_gpus": 1}
     assert task_options(CaseJob({"device": "cpu"}, settings)) == {"num_cpus": 1, "num_gpus": 0}
+
+
+def test_tf32_is_set_for_cuda_cases_only_and_restored(workdir, manager, no_cuda):
+    from bench.device import tf32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tf32("cuda", not before[0]):  # the flags are plain settings: no GPU needed to set them
+        assert torch.backends.cuda.matmul.allow_tf32 is (not before[0])
+        assert torch.backends.cudnn.allow_tf32 is (not before[0])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with tf32("cpu", not before[0]):
+        assert torch.backends.cuda.matmul.allow_tf32 is before[0]
+    base = load(workdir, manager, suite_text()).cases[0]
+    on = load(workdir, manager, suite_text("  tf32: true")).cases[0]
+    assert on.tf32 is True and on.config()["tf32"] is True and on.hash != base.hash
