@@ -121,6 +121,20 @@ def _print_plan(suite) -> None:
             typer.echo(f"  {p.dataset}/{p.family}/{p.sampler}/seed={p.seed}: {p.reason}")
 
 
+def _check_run_flags(device: str | None, precision: str | None) -> None:
+    """``--device`` and ``--precision`` checked as flags, so that an error names the flag."""
+    from .device import PRECISIONS, resolve_device
+    from .errors import Location
+
+    if device is not None:
+        try:
+            resolve_device(device)
+        except UserError as exc:
+            raise UserError(exc.message, Location("--device")) from None
+    if precision is not None and precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}", Location("--precision"))
+
+
 @app.command()
 @guarded
 def run(file: Path = typer.Argument(..., help="suite YAML"),
@@ -140,10 +154,18 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
         store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
         threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                               help="torch threads per case (default: all cores, or cores/workers)"),
+        device: Optional[str] = typer.Option(None, "--device",
+                                             help="auto | cpu | cuda | cuda:N | mps, for every case (default: the suite's, else auto)"),
+        precision: Optional[str] = typer.Option(None, "--precision",
+                                                help="fp32 | bf16 | fp16, for every case (default: the suite's, else fp32)"),
         plugins: Optional[List[str]] = PluginsOpt) -> None:
     """Run every case of a suite and log it to MLflow."""
     if show_grid and not dry_run:
         raise UserError("--show-grid goes with --dry-run")
+    _check_run_flags(device, precision)
+    # --device X is --set device=X: it overrides the suite's defaults and every matrix entry's
+    overrides = [*(overrides or []), *([f"device={device}"] if device else []),
+                 *([f"precision={precision}"] if precision else [])]
     manager, suite = _load(file, plugins, overrides)
     if dry_run:  # before importing the session: a dry run needs neither MLflow nor the runner
         _print_plan(suite)

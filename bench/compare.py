@@ -35,7 +35,7 @@ AXES = ("dataset", "family", "sampler", "seed", "sample_seed")
 LABELS = AXES
 VERSION_TAGS = ("tags.bench.version", "tags.bench.plugin.")
 TIMING = ("sample_time_s", "train_time_s")
-BOOKKEEPING = {"nfe", "steps", "num_params", "num_samples", "final_loss", "peak_rss_mb", "samples_per_s", "ms_per_nfe"}
+BOOKKEEPING = {"nfe", "steps", "num_params", "num_samples", "final_loss", "peak_rss_mb", "peak_gpu_mem_mb", "samples_per_s", "ms_per_nfe"}
 AUXILIARY = ("_ci_lo", "_ci_hi", "_sem", "_floor", "_s", "_std", "_min", "_max", "_iqr", "_nfe")
 
 

@@ -31,7 +31,10 @@ class BuildContext:
     - ``build(kind, spec, **extra)``: build another registered component; ``spec`` is a name or a
       ``{"name": ..., **params}`` dict, ``extra`` are parameters the caller adds (e.g. shapes);
     - ``progress(iterable, desc, total)``: a progress bar that respects ``--quiet``;
-    - ``log(message)``: a line in the case log.
+    - ``log(message)``: a line in the case log;
+    - ``device``: the case's torch device (``cpu``, ``cuda``, ``cuda:N``, ``mps``): create tensors
+      there (``torch.zeros(..., device=ctx.device)``); ``precision``: ``fp32``, ``bf16`` or ``fp16``
+      (bench applies autocast itself; see :mod:`bench.device`).
     """
 
     data: DataInfo | None
@@ -42,12 +45,13 @@ class BuildContext:
     log_fn: Callable[[str], None] = lambda msg: None
     device: str = "cpu"
     dataset: Any = None
+    precision: str = "fp32"
 
     @classmethod
     def from_registries(cls, registries: Any, *, seed: int, store: Store, data: DataInfo | None = None,
                         dataset: Any = None, progress: Callable[..., Iterable] | None = None,
                         log: Callable[[str], None] | None = None, device: str = "cpu",
-                        extra: dict[tuple[str, str], Callable[..., Any]] | None = None) -> "BuildContext":
+                        precision: str = "fp32", extra: dict[tuple[str, str], Callable[..., Any]] | None = None) -> "BuildContext":
         """The context every caller uses: ``build`` creates registered components
         (``registries[kind].create(spec, context=ctx)``). ``data`` defaults to ``dataset.info``;
         ``extra`` maps ``(kind, name)`` to factories ``f(**params)`` outside the registries (tests)."""
@@ -61,7 +65,7 @@ class BuildContext:
 
         if data is None and dataset is not None:
             data = dataset.info
-        ctx = cls(data, seed, store, build_fn, device=device, dataset=dataset)
+        ctx = cls(data, seed, store, build_fn, device=device, dataset=dataset, precision=precision)
         if progress is not None:
             ctx.progress_fn = progress
         if log is not None:

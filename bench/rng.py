@@ -78,7 +78,13 @@ class PerSampleRNG:
     Blocks are generated ahead, in chunks that grow 4-fold from one block up to about 2^20 words per
     refill. ``prefetch`` sets the size of the first chunk; a caller that samples batch after batch
     passes the :attr:`blocks_used` of the previous batch, so a batch is usually generated in one go.
-    None of this changes a value."""
+    None of this changes a value.
+
+    Across devices: the words are bit-identical (the same integer rounds; on the CPU in numpy, on
+    any other device in torch int64, a path tests run on the CPU with ``_NUMPY_ON_CPU = False``);
+    normals and uniforms, computed from them in float64 and rounded to the requested dtype, agree
+    between CPU and CUDA to one float32 ulp (|dz| <= 2^-23 |z|), the devices' float64 log/cos/sin
+    being allowed to differ in their last bits."""
 
     _NUMPY_ON_CPU = True  # False: torch integer ops on the CPU too (the path other devices take)
     _MAX_WORDS = 1 << 20  # words generated ahead per refill (at most, unless one draw needs more)

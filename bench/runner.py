@@ -23,13 +23,14 @@ import torch
 
 from . import plots, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
+from .device import autocast, tf32
 from .errors import BudgetExceeded, CaseFailed
 from .executors import signals
 from .redact import redact_secrets
 from .rng import derive_seed, sample_batches
 from .store import Store, content_key
 from .suite import Case, dump_yaml, label
-from .timing import NFECounter, PhaseTimer, peak_rss_mb
+from .timing import DeviceClock, NFECounter, PhaseTimer, peak_gpu_mem_mb, peak_rss_mb
 
 
 @dataclass
@@ -41,7 +42,6 @@ class RunSettings:
     plugins: tuple[str, ...] = ()
     quiet: bool = False
     threads: int | None = None
-    device: str = "cpu"
 
 
 @dataclass
@@ -157,7 +157,8 @@ class CaseRunner:
                 try:
                     with self.timer.phase("train"):
                         state = trainer.train(family, dataset, self.case.train, self.case.seed, self.progress,
-                                              self.deadline.check, desc=f"train {label(self.case.family)}")
+                                              self.deadline.check, desc=f"train {label(self.case.family)}",
+                                              device=self.case.device, precision=self.case.precision)
                 except BaseException as exc:
                     if not signals.received():
                         trainer.record_failure(self.store, key, _error_line(exc), self.case.budget.get("timeout_s"))
@@ -185,7 +186,10 @@ class CaseRunner:
             return None
 
     def sample(self, family, sampler, n: int, start_index: int = 0, stream: str = "sample") -> SampleOutput:
+        """``n`` samples drawn on the case's device, under autocast for bf16/fp16 (returned in float32
+        on the CPU, where metrics read them); the time is the device's (:class:`DeviceClock`)."""
         bs = self.case.eval["batch_size"]
+        device = self.case.device
         limit = self.case.budget.get("max_nfe")
 
         def exceeded(calls: int) -> None:
@@ -198,19 +202,24 @@ class CaseRunner:
         grad = bool(getattr(sampler, "needs_grad", False))
         modules = list(family.nfe_modules())
         check = [m.register_forward_pre_hook(lambda *_: deadline.check("sampling")) for m in modules[:1]]
+        clock = DeviceClock(device)
         try:
-            start = time.perf_counter()
+            clock.start()
             with counter.attached(modules), torch.set_grad_enabled(grad):
-                for rng in sample_batches(self.case.seed, start_index, n, bs, stream):
+                for rng in sample_batches(self.case.seed, start_index, n, bs, stream, device=device):
                     counter.new_batch()
-                    x = sampler.sample(family, rng)
+                    with autocast(device, self.case.precision):
+                        x = sampler.sample(family, rng)
                     outs.append(x.detach())
                     batches += 1
-            seconds = time.perf_counter() - start
+            seconds = clock.stop()
         finally:
             for h in check:
                 h.remove()
         samples = torch.cat(outs)
+        if samples.dtype in (torch.float16, torch.bfloat16):
+            samples = samples.float()
+        samples = samples.cpu()  # once per sampling, for the metrics (a no-op on the CPU)
         return SampleOutput(samples, seconds, counter.calls / max(batches, 1))
 
     def build_metrics(self, ctx: BuildContext) -> dict[str, Any]:
@@ -253,40 +262,13 @@ class CaseRunner:
         case = self.case
         record: dict[str, Any] = {"case_id": case.id, "case_hash": case.hash, "train_key": case.train_key,
                                   "status": "running", "labels": case.labels(), "config": case.config(), "versions": case.versions,
-                                  "started": time.time()}
+                                  "device": case.device, "precision": case.precision, "started": time.time()}
         (self.dir / "case.yaml").write_text(dump_yaml(redact_secrets({"id": case.id, "hash": case.hash,
                                                                       **case.config()})))
         torch.manual_seed(derive_seed(case.seed, "torch-global"))
         try:
-            dataset = self.load_dataset()
-            ctx = BuildContext.from_registries(self.regs, seed=case.seed, store=self.store, dataset=dataset,
-                                               progress=self.progress, log=self.log)
-            with self.timer.phase("build"):
-                family = self.regs.family.create(case.family, context=ctx)
-                sampler = None if case.sampler is None else self.regs.sampler.create(case.sampler, context=ctx)
-            metrics = self.build_metrics(ctx)
-            self.train_or_load(family, dataset)
-            family.eval()
-            self._describe(family, "family")
-            samples = None
-            if sampler is not None:
-                out = self.sample(family, sampler, case.eval["num_samples"])
-                self._describe(sampler, "sampler")  # after sampling: samplers may report what they did
-                samples = out.samples
-                if not torch.isfinite(samples).all():
-                    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
-                    raise CaseFailed(f"sampler produced non-finite values in {bad} of {len(samples)} samples")
-                self.timer.seconds["sample"] = out.seconds
-                self.metrics.update({"sample_time_s": out.seconds, "nfe": out.nfe,
-                                     "samples_per_s": len(samples) / max(out.seconds, 1e-12),
-                                     "num_samples": float(len(samples))})
-                if out.nfe:
-                    batches = math.ceil(len(samples) / case.eval["batch_size"])
-                    self.metrics["ms_per_nfe"] = 1000 * out.seconds / (out.nfe * batches)
-                if getattr(sampler, "steps", None) is not None:
-                    self.metrics["steps"] = float(sampler.steps)
-                self._grid(samples, dataset)
-            self.run_metrics(family, sampler, dataset, samples, ctx, metrics)
+            with tf32(case.device, case.tf32):
+                self._run(case)
             record["status"] = "ok"
         except BaseException as exc:  # noqa: BLE001 - a failing case must not stop the suite
             if signals.received() and isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -299,6 +281,41 @@ class CaseRunner:
             (self.dir / "traceback.txt").write_text(traceback.format_exc())
             self.artifacts.append("traceback.txt")
         return self._finish(record)
+
+    def _run(self, case: Case) -> None:
+        """The phases of :meth:`run` on the case's device (the network is moved there after building)."""
+        dataset = self.load_dataset()
+        ctx = BuildContext.from_registries(self.regs, seed=case.seed, store=self.store, dataset=dataset,
+                                           progress=self.progress, log=self.log, device=case.device,
+                                           precision=case.precision)
+        with self.timer.phase("build"):
+            family = self.regs.family.create(case.family, context=ctx)
+            if isinstance(family, torch.nn.Module):
+                family = family.to(case.device)
+            sampler = None if case.sampler is None else self.regs.sampler.create(case.sampler, context=ctx)
+        metrics = self.build_metrics(ctx)
+        self.train_or_load(family, dataset)
+        family.eval()
+        self._describe(family, "family")
+        samples = None
+        if sampler is not None:
+            out = self.sample(family, sampler, case.eval["num_samples"])
+            self._describe(sampler, "sampler")  # after sampling: samplers may report what they did
+            samples = out.samples
+            if not torch.isfinite(samples).all():
+                bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+                raise CaseFailed(f"sampler produced non-finite values in {bad} of {len(samples)} samples")
+            self.timer.seconds["sample"] = out.seconds
+            self.metrics.update({"sample_time_s": out.seconds, "nfe": out.nfe,
+                                 "samples_per_s": len(samples) / max(out.seconds, 1e-12),
+                                 "num_samples": float(len(samples))})
+            if out.nfe:
+                batches = math.ceil(len(samples) / case.eval["batch_size"])
+                self.metrics["ms_per_nfe"] = 1000 * out.seconds / (out.nfe * batches)
+            if getattr(sampler, "steps", None) is not None:
+                self.metrics["steps"] = float(sampler.steps)
+            self._grid(samples, dataset)
+        self.run_metrics(family, sampler, dataset, samples, ctx, metrics)
 
     def _describe(self, obj, what: str) -> None:
         if hasattr(obj, "describe"):
@@ -328,6 +345,9 @@ class CaseRunner:
     def _finish(self, record: dict[str, Any]) -> dict[str, Any]:
         record["finished"] = time.time()
         self.metrics["peak_rss_mb"] = peak_rss_mb()
+        gpu_mb = peak_gpu_mem_mb(self.case.device)
+        if gpu_mb is not None:
+            self.metrics["peak_gpu_mem_mb"] = gpu_mb
         for phase, secs in self.timer.seconds.items():
             if phase.startswith("metric:"):
                 self.metrics["metric_time_s"] = self.metrics.get("metric_time_s", 0.0) + secs

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .device import pinnable_gpus
 from .executors import signals
 from .plugins import PluginManager, _bench_version
 from .redact import redact_secrets
@@ -23,7 +24,7 @@ from .timing import machine_fingerprint
 from .tracking import Tracker, check_tracking_uri, driver_tags, redact_uri
 
 HEADLINE = ("fid", "fid_floor", "kid", "swd", "swd_floor", "mmd", "bpd", "nll", "psnr", "ssim")
-BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "num_params",
+BOOKKEEPING = {"nfe", "train_time_s", "sample_time_s", "samples_per_s", "ms_per_nfe", "peak_rss_mb", "peak_gpu_mem_mb", "num_params",
                "num_samples", "metric_time_s", "final_loss", "steps"}
 
 
@@ -47,7 +48,8 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     # tracking first: a bad tracking URI must not leave a results directory behind
     uri = check_tracking_uri(opts.tracking_uri or suite.tracking.get("uri"))
     # the executor next: it may start its workers now, while the driver opens MLflow
-    executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers,
+    pinned = {"gpus": pinnable_gpus(c.device for c in suite.cases)} if opts.executor == "process" else {}
+    executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers, **pinned,
                                                    **({"address": opts.ray_address} if opts.ray_address else {})})
     tracker = Tracker(uri, suite.tracking["experiment"])
     for run_id in tracker.close_stale_parents():

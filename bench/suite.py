@@ -18,7 +18,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import pydantic
 import yaml
@@ -68,10 +68,17 @@ class BudgetConfig(_Strict):
     max_nfe: Optional[Annotated[int, Field(gt=0)]] = None
 
 
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
 class Defaults(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     budget: BudgetConfig = BudgetConfig()
+    device: Optional[Device] = None  # None: auto (bench.device)
+    precision: Precision = "fp32"
+    tf32: Optional[bool] = None
 
 
 class TrackingConfig(_Strict):
@@ -87,6 +94,9 @@ CASE_SECTIONS = ("train", "eval", "budget")
 #: the key of a dataset matrix entry that overrides metric parameters on that dataset:
 #: ``metric_params: {fid: {extractor: random-proj}}`` (metric name or id -> parameters)
 METRIC_PARAMS = "metric_params"
+#: where and in what precision a case runs (bench.device): scalars a matrix entry may override too;
+#: ``--set device=...`` sets them everywhere
+RUN_KEYS = ("device", "precision", "tf32")
 
 
 class Matrix(_Strict):
@@ -129,6 +139,9 @@ class Case:
     seed: int
     versions: dict[str, str] = field(default_factory=dict)
     skipped_metrics: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"  # resolved (bench.device): provenance, not hashed
+    precision: str = "fp32"
+    tf32: bool | None = None
 
     @property
     def id(self) -> str:
@@ -144,7 +157,18 @@ class Case:
         """The resolved case config: what is hashed, logged as params and written as YAML."""
         return {"dataset": self.dataset, "family": self.family, "sampler": self.sampler,
                 "metrics": self.metrics, "train": self.train, "eval": self.eval,
-                "budget": self.budget, "seed": self.seed}
+                "budget": self.budget, "seed": self.seed, **self.numerics()}
+
+    def numerics(self) -> dict[str, Any]:
+        """Precision and TF32 where they differ from the defaults (fp32, torch's TF32 setting): they
+        change results, so they are hashed; at their defaults they are absent, so that the hashes of
+        suites that do not set them are those from before they existed. The device is not hashed."""
+        out: dict[str, Any] = {}
+        if self.precision != "fp32":
+            out["precision"] = self.precision
+        if self.tf32 is not None:
+            out["tf32"] = self.tf32
+        return out
 
     @property
     def hash(self) -> str:
@@ -155,18 +179,20 @@ class Case:
         """Training depends on dataset, family (with noise, schedule, network), train and seed only:
         cases that differ in sampler or metrics share it (train once, sample many)."""
         return content_key("train", self.dataset, self.family, self.train, self.seed,
-                           {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))})
+                           {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
+                           *([self.numerics()] if self.numerics() else []))
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, **self.config(), "versions": self.versions,
-                "skipped_metrics": self.skipped_metrics}
+                "skipped_metrics": self.skipped_metrics, "device": self.device, "precision": self.precision}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Case":
         return cls(suite=d["suite"], dataset=d["dataset"], family=d["family"], sampler=d["sampler"],
                    metrics=d["metrics"], train=d["train"], eval=d["eval"], budget=d["budget"],
                    seed=d["seed"], versions=d.get("versions", {}),
-                   skipped_metrics=d.get("skipped_metrics", {}))
+                   skipped_metrics=d.get("skipped_metrics", {}), device=d.get("device", "cpu"),
+                   precision=d.get("precision", "fp32"), tf32=d.get("tf32"))
 
 
 @dataclass
@@ -254,6 +280,12 @@ def apply_overrides(data: dict, positions: Positions, overrides: list[str]) -> N
         except SuiteError as exc:
             raise SuiteError(f"--set {key}: {exc.message}", Location("--set")) from None
         parts = key.split(".")
+        if parts == [parts[0]] and parts[0] in RUN_KEYS:  # everywhere: defaults and every matrix entry
+            for axis in ("dataset", "family", "sampler"):
+                for entry in (data.get("matrix") or {}).get(axis) or []:
+                    if isinstance(entry, dict) and parts[0] in entry:
+                        entry[parts[0]] = value
+            parts = ["defaults"] + parts
         if parts[0] in CASE_SECTIONS:
             parts = ["defaults"] + parts
             for axis in ("dataset", "family", "sampler"):
@@ -415,7 +447,7 @@ class _Resolver:
             problem = name_problem(str(spec["id"]))
             if problem:
                 raise SuiteError(f"{kind} id {problem}", locate(self.positions, path + ("id",)))
-        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS
+        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS + RUN_KEYS
                   and not (kind == "dataset" and k == METRIC_PARAMS)}
 
         def nested(key: str, sub_kind: str, sub_spec: Any) -> dict[str, Any]:
@@ -551,7 +583,7 @@ def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions
             continue
         try:
             norm = _normalize_spec(spec, kind, p, positions)
-            sections = {s: norm[s] for s in CASE_SECTIONS if s in norm}
+            sections = {s: norm[s] for s in CASE_SECTIONS + RUN_KEYS if s in norm}
             extra = {"sections": sections, "path": p}
             if kind == "dataset" and METRIC_PARAMS in norm:
                 extra[METRIC_PARAMS] = norm[METRIC_PARAMS]
@@ -600,7 +632,9 @@ class _CaseBuilder:
         for extra in extras:
             if METRIC_PARAMS in extra:
                 metrics = self._metric_overrides(metrics, extra[METRIC_PARAMS], extra["path"] + (METRIC_PARAMS,))
-        case = Case(self.model.name, d, f, s, metrics, values["train"], values["eval"], values["budget"], seed)
+        run = _run_keys(self.model.defaults, extras, self.positions)
+        case = Case(self.model.name, d, f, s, metrics, values["train"], values["eval"], values["budget"], seed,
+                    **run)
         case.versions = _versions_for(case, self.regs, self.versions)
         case.skipped_metrics = _metric_skips(self.regs, d, f, metrics)
         return case
@@ -633,6 +667,29 @@ class _CaseBuilder:
             spec = {k: v for k, v in merged.items() if k != "id"}
             out.append(self.resolver.resolve("metric", spec | {"id": m["id"]}, path + (m["name"],)))
         return out
+
+
+def _run_keys(defaults: Defaults, extras: list[dict], positions: Positions) -> dict[str, Any]:
+    """``device``, ``precision`` and ``tf32`` of a case: the suite defaults, then each matrix entry's;
+    the device resolved now (``auto``), so that one the machine lacks is an error before any case runs."""
+    from .device import resolve_device
+
+    values = {"device": defaults.device, "precision": defaults.precision, "tf32": defaults.tf32}
+    where = {key: locate(positions, ("defaults", key)) for key in RUN_KEYS}
+    for extra in extras:
+        secs, p = extra.get("sections", {}), extra.get("path", ())
+        for key in RUN_KEYS:
+            if key in secs:
+                try:
+                    values[key] = getattr(Defaults.model_validate({key: secs[key]}), key)
+                except pydantic.ValidationError as exc:
+                    raise _validation_error(exc, positions, p, Defaults) from None
+                where[key] = locate(positions, p + (key,))
+    try:
+        values["device"] = resolve_device(values["device"])
+    except UserError as exc:
+        raise SuiteError(exc.message, where["device"], exc.hint) from None
+    return values
 
 
 def _product_cases(model: SuiteModel, axes: dict[str, list[_AxisEntry]], build: _CaseBuilder,

@@ -11,6 +11,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .device import synchronize
+
 
 class PhaseTimer:
     """Wall-clock seconds per named phase (train, sample, metric:NAME, ...)."""
@@ -56,6 +58,43 @@ class NFECounter:
         finally:
             for h in handles:
                 h.remove()
+
+
+class DeviceClock:
+    """Seconds of work queued on ``device`` between :meth:`start` and :meth:`stop`.
+
+    On CUDA, device events recorded in the stream (``torch.cuda.Event(enable_timing=True)``), read
+    after a synchronisation, so the time covers the kernels and not only their launch; elsewhere the
+    wall clock, with the device synchronised (MPS) before each reading."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.cuda = torch.device(device).type == "cuda"
+        self._start: object = None
+
+    def start(self) -> None:
+        synchronize(self.device)
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return self._start.elapsed_time(end) / 1000.0
+        synchronize(self.device)
+        return time.perf_counter() - self._start
+
+
+def peak_gpu_mem_mb(device: str) -> float | None:
+    """Peak memory allocated by torch on a CUDA ``device`` in MiB (``max_memory_allocated``); None elsewhere."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / (1024.0 * 1024.0)
 
 
 def peak_rss_mb() -> float:

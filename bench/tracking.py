@@ -381,6 +381,8 @@ class Tracker:
                     "bench.trained": str(record.get("trained", False)).lower(), **(tags or {})}
         if record.get("threads"):  # torch threads the case ran with (they change float reductions)
             run_tags["bench.threads"] = str(record["threads"])
+        if record.get("device"):  # where the case ran (provenance, not hashed; bench.device)
+            run_tags["bench.device"] = str(record["device"])
         for k, v in (record.get("labels") or {}).items():
             run_tags[mlflow_key(f"bench.{k}")] = str(v)
         for k, v in (record.get("versions") or {}).items():
@@ -397,6 +399,8 @@ class Tracker:
                                      start_time=start_ms)
         run_id = run.info.run_id
         params = flatten(record.get("config") or {})
+        if record.get("precision"):
+            params["precision"] = record["precision"]
         metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v == v}  # drop NaN
         self._log(run_id, params=params, metrics=metrics, series=record.get("series") or {},
                   timestamp=int(record.get("finished", time.time()) * 1000))

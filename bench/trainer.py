@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from .device import autocast, grad_scaler, synchronize
 from .errors import CaseFailed
 from .rng import BatchRNG, derive_seed
 from .store import Store
@@ -36,15 +37,24 @@ class TrainingFailedBefore(CaseFailed):
 
 
 def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
-          progress: Callable, check_deadline: Callable[[str], None], desc: str = "train") -> dict[str, Any]:
-    """Train ``family`` on ``dataset.split("train")``; returns the checkpoint dict (state, ema_state,
-    loss_curve as [step, mean loss since the last point], train_time_s, steps)."""
+          progress: Callable, check_deadline: Callable[[str], None], desc: str = "train",
+          device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
+    """Train ``family`` (already on ``device``) on ``dataset.split("train")``; returns the checkpoint
+    dict (state, ema_state, loss_curve as [step, mean loss since the last point], train_time_s, steps).
+
+    The training split is moved to ``device`` once; batch indices come from a CPU generator (the
+    same batches on every device), the training noise from a generator on ``device``. With bf16 or
+    fp16 the loss is computed under autocast; fp16 scales it (:func:`bench.device.grad_scaler`),
+    unscaling the gradients before clipping."""
     data = dataset.split("train")
+    if isinstance(data, torch.Tensor):
+        data = data.to(device)
     params = [p for p in family.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    scaler = grad_scaler(device, precision)
     ema = [p.detach().clone() for p in params] if cfg["ema"] > 0 else None
     gen = torch.Generator().manual_seed(derive_seed(seed, "train-batches"))
-    rng = BatchRNG(derive_seed(seed, "train-noise"), cfg["batch_size"])
+    rng = BatchRNG(derive_seed(seed, "train-noise"), cfg["batch_size"], device=device)
     steps = cfg["steps"]
     log_every = cfg["log_every"] or max(1, steps // 200)
     curve: list[list[float]] = []
@@ -54,19 +64,30 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
     bar = progress(range(steps), desc=desc, total=steps)
     for step in bar:
         idx = torch.randint(len(data), (cfg["batch_size"],), generator=gen)
-        x = data[idx]
+        x = data[idx.to(data.device)] if isinstance(data, torch.Tensor) else data[idx]
+        if isinstance(x, torch.Tensor):
+            x = x.to(device)  # a no-op when the split is already there
         if cfg["warmup"]:
             for group in opt.param_groups:
                 group["lr"] = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
-        loss = family.loss(x, rng.with_batch(len(x)))
+        with autocast(device, precision):
+            loss = family.loss(x, rng.with_batch(len(x)))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise CaseFailed(f"training loss became {value} at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+            opt.step()
+        else:  # fp16: the scaler skips a step whose gradients overflowed, and lowers the scale
+            scaler.scale(loss).backward()
+            if cfg["grad_clip"]:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+            scaler.step(opt)
+            scaler.update()
         if ema is not None:
             decay = min(cfg["ema"], (1 + step) / (10 + step))
             with torch.no_grad():
@@ -79,6 +100,7 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
         check_deadline("training")  # every step: a step is the unit of work the budget can stop at
+    synchronize(device)
     elapsed = time.perf_counter() - start
     family.eval()
     state = {k: v.detach().clone() for k, v in family.state_dict().items()}

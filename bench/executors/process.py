@@ -26,10 +26,15 @@ def distinct_training_first(jobs: list[CaseJob]) -> list[CaseJob]:
 
 
 class ProcessExecutor:
-    def __init__(self, workers: int | None = None, **_: Any):
-        self.workers = max(1, workers or (os.cpu_count() or 1))
+    """``gpus`` > 0 (the session passes the number of visible GPUs when every case runs on ``cuda``):
+    worker i sees only GPU ``i mod gpus`` (``CUDA_VISIBLE_DEVICES``, so it is that worker's ``cuda``),
+    and ``workers`` defaults to ``gpus``, one case per GPU at a time."""
+
+    def __init__(self, workers: int | None = None, gpus: int = 0, **_: Any):
+        self.workers = max(1, workers or gpus or (os.cpu_count() or 1))
         self.threads = max(1, (os.cpu_count() or 1) // self.workers)
-        self.pool = [CaseWorker(self.threads) for _ in range(self.workers)]  # start while MLflow opens
+        self.pool = [CaseWorker(self.threads, i % gpus if gpus else None)  # start while MLflow opens
+                     for i in range(self.workers)]
 
     def run(self, jobs: Iterable[CaseJob], on_result: Callable[[dict], None]) -> None:
         jobs = distinct_training_first(list(jobs))

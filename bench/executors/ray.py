@@ -40,6 +40,13 @@ def run_watched(job: CaseJob) -> dict:
             timer.cancel()
 
 
+def task_options(job: CaseJob) -> dict[str, Any]:
+    """Ray resources of one case: a CPU, and a GPU when the case runs on CUDA; Ray then schedules it
+    on a node with a free GPU and sets the task's ``CUDA_VISIBLE_DEVICES``, so its ``cuda`` is that GPU."""
+    on_cuda = str(job.case.get("device", "cpu")).startswith("cuda")
+    return {"num_cpus": 1, "num_gpus": 1 if on_cuda else 0}
+
+
 def _written_record(job: CaseJob) -> dict | None:
     path = _case_dir(job) / "record.json"
     try:
@@ -76,7 +83,7 @@ class RayExecutor:
             for job in jobs:
                 job.settings.quiet = True
                 job.settings.threads = job.settings.threads or 1
-            refs = {remote.remote(job): job for job in jobs}
+            refs = {remote.options(**task_options(job)).remote(job): job for job in jobs}
             pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)

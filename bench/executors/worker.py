@@ -16,6 +16,7 @@ per-process caches (datasets) between cases, as the old in-process executor did.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -92,11 +93,31 @@ def failed_record(job: CaseJob, error: str, status: str = "failed") -> dict:
     return record
 
 
+@contextlib.contextmanager
+def _visible_gpu(gpu: int | None):
+    """``CUDA_VISIBLE_DEVICES=gpu`` in this process's environment while a child is spawned (the child
+    inherits it; CUDA reads it when first initialised there), restored afterwards."""
+    if gpu is None:
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [g for g in (before or "").split(",") if g.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[gpu] if gpu < len(visible) else str(gpu)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 class CaseWorker:
     """One child process, one case at a time."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, gpu: int | None = None):
         self.threads = threads
+        self.gpu = gpu  # pinned: the child sees only this GPU (CUDA_VISIBLE_DEVICES), as cuda:0
         self.job: CaseJob | None = None
         self.deadline: float | None = None
         self._start()
@@ -106,7 +127,8 @@ class CaseWorker:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, os.getpid(), self.threads), daemon=True,
                                 name="bench-case-worker")
-        self.proc.start()
+        with _visible_gpu(self.gpu):
+            self.proc.start()
         child.close()
         self.job, self.deadline = None, None
 
