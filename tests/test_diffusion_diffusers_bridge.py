@@ -208,4 +208,4 @@ def test_shipped_suite_end_to_end(workdir):
                                    "--set", "eval.batch_size=64"])
     records = [json.loads(p.read_text()) for p in Path("results").rglob("record.json")]
     failed = {r["case_id"]: r.get("error") for r in records if r["status"] != "ok"}
-    assert out.exit_code == 0 and len(records) == 75 and not failed, (out.output[-2000:], failed)
+    assert out.exit_code == 0 and len(records) == 105 and not failed, (out.output[-2000:], failed)
