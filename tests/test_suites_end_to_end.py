@@ -46,7 +46,7 @@ def test_diffusion_suite_end_to_end(workdir):
     assert sum(r["metrics"]["fid_ref_cached"] == 0 for r in digits) == 1  # reference statistics computed once
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance  # 389 cases: tens of minutes on 2 cores (make acceptance)
 def test_samplers_oracle_suite_end_to_end(workdir):
     records = run_suite("samplers-oracle.yaml", "--set", "eval.num_samples=200", "--set", "eval.batch_size=200")
     assert len(records) == 389
