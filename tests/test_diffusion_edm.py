@@ -19,7 +19,7 @@ from bench.suite import _compatibility
 from bench_diffusion.edm import edm_loss_weight, edm_preconditioning
 from bench_diffusion.noise import dense_matrix
 from bench_diffusion.samplers.edm import EDMEuler, EDMHeun, edm_sigmas
-from bench_diffusion.testing import build, dataset, registries
+from bench_diffusion.testing import build, dataset, oracle_moments, registries
 
 
 def _count_calls(family, fn):
@@ -152,32 +152,9 @@ def test_heun_beats_euler_at_equal_nfe_and_converges_at_order_2(image_oracle):
     assert slope_h < -1.7 and -1.3 < slope_e < -0.7, (slope_h, slope_e, heun, euler)
 
 
-class Moments:
-    def __init__(self, name, noise, n, **kw):
-        self.n = n
-        self.data = dataset(name, n_train=10, n_test=10, **kw)
-        self.m = np.array(self.data.info.params["mean"], np.float64).ravel()
-        self.c = np.array(self.data.info.params["cov"], np.float64)
-        fro = np.linalg.norm(self.c)
-        self.cov_se = math.sqrt((np.trace(self.c) ** 2 + fro ** 2) / n) / fro
-        self.mean_se = math.sqrt(np.diag(self.c).max() / n)
-        self.fam = build("family", {"name": "oracle_edm", "noise": noise}, self.data)
-
-    def errors(self, spec, seed=1):
-        smp = build("sampler", spec, self.data)
-        with torch.no_grad():
-            x = smp.sample(self.fam, BatchRNG(seed, self.n)).reshape(self.n, -1).double()
-        assert torch.isfinite(x).all()
-        err_m = float(np.abs(x.mean(0).numpy() - self.m).max())
-        err_c = float(np.linalg.norm(np.cov(x.numpy().T) - self.c) / np.linalg.norm(self.c))
-        return err_m, err_c
-
-
 @pytest.fixture(scope="module", params=["iso", "gff"])
 def moments(request):
-    if request.param == "gff":
-        return Moments("gaussian_image", "gff", 3000, size=4)
-    return Moments("gaussian", "isotropic", 8000, dim=4)
+    return oracle_moments("oracle_edm", request.param)
 
 
 @pytest.mark.parametrize("spec", [{"name": "edm_heun", "steps": 40}, {"name": "edm_euler", "steps": 200},

@@ -21,7 +21,7 @@ from bench.rng import BatchRNG
 from bench.suite import _compatibility
 from bench_diffusion.flow_matching import ot_pairing, path_rates
 from bench_diffusion.samplers.flow import AdaptiveFlowODE, Euler, Heun, Midpoint
-from bench_diffusion.testing import build, dataset, registries
+from bench_diffusion.testing import build, dataset, oracle_moments, registries
 
 
 def _count_calls(family, fn):
@@ -83,32 +83,9 @@ def test_vp_path_velocity_gives_the_diffusion_oracles_eps(noise):
 
 # ---------------------------------------------------------------- moments, NFE
 
-class Moments:
-    def __init__(self, name, noise, n, **kw):
-        self.n = n
-        self.data = dataset(name, n_train=10, n_test=10, **kw)
-        self.m = np.array(self.data.info.params["mean"], np.float64).ravel()
-        self.c = np.array(self.data.info.params["cov"], np.float64)
-        fro = np.linalg.norm(self.c)
-        self.cov_se = math.sqrt((np.trace(self.c) ** 2 + fro ** 2) / n) / fro
-        self.mean_se = math.sqrt(np.diag(self.c).max() / n)
-        self.fam = build("family", {"name": "oracle_fm", "noise": noise}, self.data)
-
-    def errors(self, spec, seed=1):
-        smp = build("sampler", spec, self.data)
-        with torch.no_grad():
-            x = smp.sample(self.fam, BatchRNG(seed, self.n)).reshape(self.n, -1).double()
-        assert torch.isfinite(x).all()
-        err_m = float(np.abs(x.mean(0).numpy() - self.m).max())
-        err_c = float(np.linalg.norm(np.cov(x.numpy().T) - self.c) / np.linalg.norm(self.c))
-        return err_m, err_c
-
-
 @pytest.fixture(scope="module", params=["iso", "gff"])
 def moments(request):
-    if request.param == "gff":
-        return Moments("gaussian_image", "gff", 3000, size=4)
-    return Moments("gaussian", "isotropic", 8000, dim=4)
+    return oracle_moments("oracle_fm", request.param)
 
 
 @pytest.mark.parametrize("spec", [{"name": "euler", "steps": 100}, {"name": "heun", "steps": 50},

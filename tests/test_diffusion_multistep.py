@@ -15,7 +15,7 @@ import torch
 from bench.rng import BatchRNG, PerSampleRNG
 from bench_diffusion.noise import dense_matrix
 from bench_diffusion.samplers.multistep import DEIS, DPMSolverPP2M, DPMSolverPP3MSDE, Levels, UniPC, phi_integrals
-from bench_diffusion.testing import build, dataset
+from bench_diffusion.testing import build, dataset, oracle_moments
 
 
 def _count_calls(family, fn):
@@ -192,32 +192,9 @@ def test_phi_integrals_match_quadrature():
 
 # ---------------------------------------------------------------- moments, NFE, seeds
 
-class Moments:
-    def __init__(self, name, noise, n, **kw):
-        self.n = n
-        self.data = dataset(name, n_train=10, n_test=10, **kw)
-        self.m = np.array(self.data.info.params["mean"], np.float64).ravel()
-        self.c = np.array(self.data.info.params["cov"], np.float64)
-        fro = np.linalg.norm(self.c)
-        self.cov_se = math.sqrt((np.trace(self.c) ** 2 + fro ** 2) / n) / fro
-        self.mean_se = math.sqrt(np.diag(self.c).max() / n)
-        self.fam = build("family", {"name": "oracle_vp", "noise": noise}, self.data)
-
-    def errors(self, spec, seed=1):
-        smp = build("sampler", spec, self.data)
-        with torch.no_grad():
-            x = smp.sample(self.fam, BatchRNG(seed, self.n)).reshape(self.n, -1).double()
-        assert torch.isfinite(x).all()
-        err_m = float(np.abs(x.mean(0).numpy() - self.m).max())
-        err_c = float(np.linalg.norm(np.cov(x.numpy().T) - self.c) / np.linalg.norm(self.c))
-        return err_m, err_c
-
-
 @pytest.fixture(scope="module", params=["iso", "gff"])
 def moments(request):
-    if request.param == "gff":
-        return Moments("gaussian_image", "gff", 3000, size=4)
-    return Moments("gaussian", "isotropic", 8000, dim=4)
+    return oracle_moments("oracle_vp", request.param)
 
 
 @pytest.mark.parametrize("spec", [

@@ -46,3 +46,46 @@ def build(kind: str, spec: Any, data: Any, **kw: Any) -> Any:
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     regs[kind].validate(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "id")})
     return context(data, **kw).build(kind, spec)
+
+
+class OracleMoments:
+    """Samples of a sampler on an exact oracle family over Gaussian data, against the data's stated
+    mean and covariance: ``errors(spec)`` is (max |mean error|, relative Frobenius covariance error),
+    with their Monte Carlo scales ``mean_se`` (sqrt(max_d Sigma_dd / n)) and ``cov_se``
+    (sqrt((tr(Sigma)^2 + |Sigma|_F^2) / n) / |Sigma|_F, the Frobenius norm's sampling scale)."""
+
+    def __init__(self, family: str, name: str, noise: str, n: int, **data_params: Any):
+        import math
+
+        import numpy as np
+
+        self.n = n
+        self.data = dataset(name, n_train=10, n_test=10, **data_params)
+        self.m = np.array(self.data.info.params["mean"], np.float64).ravel()
+        self.c = np.array(self.data.info.params["cov"], np.float64)
+        fro = np.linalg.norm(self.c)
+        self.cov_se = math.sqrt((np.trace(self.c) ** 2 + fro ** 2) / n) / fro
+        self.mean_se = math.sqrt(np.diag(self.c).max() / n)
+        self.fam = build("family", {"name": family, "noise": noise}, self.data)
+
+    def errors(self, spec: Any, seed: int = 1) -> tuple[float, float]:
+        import numpy as np
+        import torch
+
+        from bench.rng import BatchRNG
+
+        smp = build("sampler", spec, self.data)
+        with torch.no_grad():
+            x = smp.sample(self.fam, BatchRNG(seed, self.n)).reshape(self.n, -1).double()
+        assert torch.isfinite(x).all()
+        err_m = float(np.abs(x.mean(0).numpy() - self.m).max())
+        err_c = float(np.linalg.norm(np.cov(x.numpy().T) - self.c) / np.linalg.norm(self.c))
+        return err_m, err_c
+
+
+def oracle_moments(family: str, which: str) -> OracleMoments:
+    """The two standard cases: ``iso`` (4-d isotropic Gaussian, 8000 samples) and ``gff`` (a 1x4x4
+    Gaussian image under GFF noise, 3000 samples)."""
+    if which == "gff":
+        return OracleMoments(family, "gaussian_image", "gff", 3000, size=4)
+    return OracleMoments(family, "gaussian", "isotropic", 8000, dim=4)
