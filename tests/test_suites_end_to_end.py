@@ -35,8 +35,12 @@ def test_quickstart_end_to_end(workdir):
 
 @pytest.mark.slow
 def test_diffusion_suite_end_to_end(workdir):
+    # the bootstrap intervals are tested in test_metrics_bootstrap.py; here they would only add SWD's
+    # B L (n + m) replicate cost (a 5000-point reference) to each of the ~150 cases
     records = run_suite("diffusion.yaml", "--set", "train.steps=3", "--set", "eval.num_samples=16",
-                        "--set", "eval.batch_size=16")
+                        "--set", "eval.batch_size=16",
+                        "--set", "metrics=[{name: swd, bootstrap: 0}, {name: fid, bootstrap: 0}, "
+                                 "{name: kid, bootstrap: 0}, {name: prc, bootstrap: 0}]")
     assert len(records) > 100
     assert {r["config"]["family"]["name"] for r in records} == {"ddpm", "ni_ddpm", "smld", "ni_smld",
                                                                 "vp_sde", "ve_sde"}
