@@ -247,6 +247,32 @@ def test_sigterm_stops_the_process_executor_within_10_s(workdir):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_ray_executor_within_10_s(workdir):
+    """The Ray executor too: SIGTERM ends the driver within 10 s with the running cases recorded
+    killed, the queued ones never started, the case processes gone and the parent run KILLED."""
+    pytest.importorskip("ray")
+    pid_dir = workdir / "pids"
+    pid_dir.mkdir()
+    write_suite(workdir, [f"{{name: gauss, steps: 4000, sleep_s: 0.05, id: long{i}}}" for i in range(4)])
+    proc = start_driver(workdir, "--executor", "ray", env_extra={"BENCH_TEST_PID_DIR": str(pid_dir)})
+    assert wait_for(lambda: len(list(pid_dir.glob("*.pid"))) >= 1, timeout=120), proc.communicate(timeout=5)
+    time.sleep(1.0)  # let every case Ray runs at once start
+    case_pids = [int(p.stem) for p in pid_dir.glob("*.pid") if p.stem.isdigit()]
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    out, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 10, out
+    assert proc.returncode == 130, out
+    if case_pids:
+        assert wait_for(lambda: not [p for p in case_pids if alive(p)], timeout=10)
+    frame = runs(workdir)
+    cases = frame[frame["tags.bench.kind"] == "case"]
+    assert len(cases) >= 1 and set(cases["tags.bench.status"]) == {"killed"}
+    assert frame[frame["tags.bench.kind"] == "suite"]["status"].tolist() == ["KILLED"]
+    assert len(list(workdir.glob("results/proc/*/cases/*"))) == len(cases) < 4  # queued cases never started
+
+
+@pytest.mark.slow
 def test_sigint_stops_the_local_executor_within_10_s(workdir):
     _stop_test(workdir, [], signal.SIGINT)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from typing import Any, Callable, Iterable
 
@@ -73,7 +74,11 @@ class RayExecutor:
                 kwargs["address"] = self.address
             elif self.workers:
                 kwargs["num_cpus"] = self.workers
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             ray.init(**kwargs)
+            for sig, handler in handlers.items():  # Ray's driver handlers abort on SIGTERM: keep bench's
+                if handler is not None:
+                    signal.signal(sig, handler)
         refs: dict = {}
         try:
             remote = ray.remote(num_cpus=1, max_retries=0)(run_watched)
