@@ -22,7 +22,7 @@ class NFEBookkeeping(nn.Module):
         self._adjoint_counting = adjoint
 
     def nets(self) -> list[nn.Module]:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: the modules whose forward calls count as NFE
 
     def _count(self, *_) -> None:
         self._calls += 1

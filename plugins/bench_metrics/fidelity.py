@@ -26,6 +26,7 @@ the same quantity); precision and recall conditional on the full sets' k-NN ball
 """
 from __future__ import annotations
 
+import abc
 import json
 import threading
 from collections import OrderedDict
@@ -230,7 +231,7 @@ def feature_set(ext: FidelityExtractor, ctx, which: str, num_samples: int | None
     return FeatureSet(f.features, labels, split, f.key, f.cached)
 
 
-class _Fidelity:
+class _Fidelity(abc.ABC):
     """Common parameters: ``extractor`` (a registered feature extractor, name or spec; ``auto``),
     ``num_samples`` (generated samples used, default all), ``reference_split`` (the floor sample
     comes from the other split; default: the split the extractor was trained on, if any, so that
@@ -306,9 +307,9 @@ class _Fidelity:
         (ctx.artifact_dir / f"{k}.json").write_text(json.dumps(record, indent=1, default=str))
         return values
 
+    @abc.abstractmethod
     def values(self, gen: Features, ref: Features, floor: Features | None) -> dict[str, float]:
         """The metric's values; with ``floor`` None only the main value (keyed ``key``)."""
-        raise NotImplementedError
 
     def intervals(self, gen: torch.Tensor, ref: torch.Tensor, values: dict[str, float]) -> dict[str, float]:
         """95% percentile intervals of the main ``values`` over ``bootstrap`` resamples of the generated
@@ -319,9 +320,9 @@ class _Fidelity:
             out.update(bootstrap.interval(name, reps, values[name] if self.biased else None))
         return out
 
+    @abc.abstractmethod
     def replicates(self, gen, ref, rg, rr) -> dict[str, torch.Tensor]:
         """Bootstrap replicates of each main value, keyed by its logged name."""
-        raise NotImplementedError
 
     def bootstrap_operations(self, n: int, m: int, d: int) -> float:
         """About how many multiply-adds the bootstrap needs for n generated and m reference rows in d dimensions."""
