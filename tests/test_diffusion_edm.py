@@ -19,18 +19,8 @@ from bench.suite import _compatibility
 from bench_diffusion.edm import edm_loss_weight, edm_preconditioning
 from bench_diffusion.noise import dense_matrix
 from bench_diffusion.samplers.edm import EDMEuler, EDMHeun, edm_sigmas
-from bench_diffusion.testing import build, dataset, oracle_moments, registries
-
-
-def _count_calls(family, fn):
-    calls = [0]
-    hooks = [m.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1)) for m in family.nfe_modules()]
-    try:
-        out = fn()
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls[0], out
+from bench_diffusion.testing import (build, count_network_calls, dataset, held_out_loss_after_training, oracle_moments,
+                                     registries)
 
 
 # ---------------------------------------------------------------- preconditioning
@@ -176,7 +166,7 @@ def test_too_few_steps_miss_the_covariance(moments):
 def test_nfe(moments, name, steps, nfe):
     for churn in (0.0, 5.0):
         smp = build("sampler", {"name": name, "steps": steps, "S_churn": churn}, moments.data)
-        count, x = _count_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
+        count, x = count_network_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
         assert count == nfe == smp.nfe() and x.shape == (4, *moments.fam.shape)
 
 
@@ -198,21 +188,7 @@ def test_training_lowers_the_loss():
     data = dataset("toy2d", which="moons", n_train=2000, n_test=256)
     fam = build("family", {"name": "edm", "network": {"name": "mlp", "hidden": 64, "layers": 2, "time_embed": 16}},
                 data)
-    train, test = data.split("train"), data.split("test")
-
-    def held_out():
-        with torch.no_grad():
-            return float(fam.loss(test, BatchRNG(7, len(test))))
-
-    before = held_out()
-    opt = torch.optim.Adam(fam.parameters(), lr=3e-3)
-    for step in range(150):
-        idx = torch.randint(len(train), (128,))
-        loss = fam.loss(train[idx], BatchRNG(step, 128))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = held_out()
+    before, after = held_out_loss_after_training(fam, data)
     assert after < 0.7 * before, (before, after)
     with torch.no_grad():
         x = build("sampler", {"name": "edm_heun", "steps": 10}, data).sample(fam, BatchRNG(0, 32))

@@ -21,18 +21,8 @@ from bench.rng import BatchRNG
 from bench.suite import _compatibility
 from bench_diffusion.flow_matching import ot_pairing, path_rates
 from bench_diffusion.samplers.flow import AdaptiveFlowODE, Euler, Heun, Midpoint
-from bench_diffusion.testing import build, dataset, oracle_moments, registries
-
-
-def _count_calls(family, fn):
-    calls = [0]
-    hooks = [m.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1)) for m in family.nfe_modules()]
-    try:
-        out = fn()
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls[0], out
+from bench_diffusion.testing import (build, count_network_calls, dataset, held_out_loss_after_training, oracle_moments,
+                                     registries)
 
 
 # ---------------------------------------------------------------- the oracle's velocity
@@ -107,14 +97,14 @@ def test_too_few_euler_steps_miss_the_covariance(moments):
 @pytest.mark.parametrize("name,steps,per_step", [("euler", 7, 1), ("heun", 7, 2), ("midpoint", 5, 2)])
 def test_nfe_is_steps_times_order(moments, name, steps, per_step):
     smp = build("sampler", {"name": name, "steps": steps}, moments.data)
-    nfe, x = _count_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
+    nfe, x = count_network_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
     assert nfe == steps * per_step == smp.last_nfe and x.shape == (4, *moments.fam.shape)
 
 
 def test_adaptive_nfe_is_measured(moments):
     loose, tight = (build("sampler", {"name": "dopri5", "rtol": r, "atol": r}, moments.data) for r in (1e-2, 1e-7))
-    n_loose, _ = _count_calls(moments.fam, lambda: loose.sample(moments.fam, BatchRNG(0, 8)))
-    n_tight, _ = _count_calls(moments.fam, lambda: tight.sample(moments.fam, BatchRNG(0, 8)))
+    n_loose, _ = count_network_calls(moments.fam, lambda: loose.sample(moments.fam, BatchRNG(0, 8)))
+    n_tight, _ = count_network_calls(moments.fam, lambda: tight.sample(moments.fam, BatchRNG(0, 8)))
     assert n_loose == loose.last_nfe and n_tight == tight.last_nfe and n_tight > n_loose >= 6
 
 
@@ -174,21 +164,7 @@ def test_training_lowers_the_loss(coupling):
     data = dataset("toy2d", which="moons", n_train=2000, n_test=256)
     fam = build("family", {"name": "flow_matching", "coupling": coupling,
                            "network": {"name": "mlp", "hidden": 64, "layers": 2, "time_embed": 16}}, data)
-    train, test = data.split("train"), data.split("test")
-
-    def held_out():
-        with torch.no_grad():
-            return float(fam.loss(test, BatchRNG(7, len(test))))
-
-    before = held_out()
-    opt = torch.optim.Adam(fam.parameters(), lr=3e-3)
-    for step in range(150):
-        idx = torch.randint(len(train), (128,))
-        loss = fam.loss(train[idx], BatchRNG(step, 128))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = held_out()
+    before, after = held_out_loss_after_training(fam, data)
     assert after < 0.85 * before, (before, after)
     with torch.no_grad():
         x = build("sampler", {"name": "euler", "steps": 10}, data).sample(fam, BatchRNG(0, 32))

@@ -15,18 +15,7 @@ import torch
 from bench.rng import BatchRNG, PerSampleRNG
 from bench_diffusion.noise import dense_matrix
 from bench_diffusion.samplers.multistep import DEIS, DPMSolverPP2M, DPMSolverPP3MSDE, Levels, UniPC, phi_integrals
-from bench_diffusion.testing import build, dataset, oracle_moments
-
-
-def _count_calls(family, fn):
-    calls = [0]
-    hooks = [m.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1)) for m in family.nfe_modules()]
-    try:
-        out = fn()
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls[0], out
+from bench_diffusion.testing import build, count_network_calls, dataset, oracle_moments
 
 
 # ---------------------------------------------------------------- side by side with diffusers
@@ -223,7 +212,7 @@ def test_sde_noise_matters(moments):
 @pytest.mark.parametrize("steps", [1, 2, 7, 20])
 def test_nfe_is_steps(moments, name, steps):
     smp = build("sampler", {"name": name, "steps": steps}, moments.data)
-    nfe, x = _count_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
+    nfe, x = count_network_calls(moments.fam, lambda: smp.sample(moments.fam, BatchRNG(0, 4)))
     assert nfe == steps and torch.isfinite(x).all() and x.dtype == torch.float32  # no silent float64
     r = smp.describe()["realised"]
     assert len(r["t"]) == steps and r["spacing"] == "leading"

@@ -89,3 +89,41 @@ def oracle_moments(family: str, which: str) -> OracleMoments:
     if which == "gff":
         return OracleMoments(family, "gaussian_image", "gff", 3000, size=4)
     return OracleMoments(family, "gaussian", "isotropic", 8000, dim=4)
+
+
+def count_network_calls(family: Any, fn: Callable[[], Any]) -> tuple[int, Any]:
+    """(number of forward calls of ``family.nfe_modules()`` during ``fn()``, its result): the NFE an
+    independent counter sees, to compare with what a sampler reports."""
+    calls = [0]
+    hooks = [m.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1)) for m in family.nfe_modules()]
+    try:
+        out = fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls[0], out
+
+
+def held_out_loss_after_training(family: Any, data: Any, steps: int = 150, batch: int = 128,
+                                 lr: float = 3e-3) -> tuple[float, float]:
+    """(held-out loss before, after) ``steps`` Adam steps of ``family.loss`` on minibatches of the
+    train split; the held-out loss uses the test split with fixed noise (stream 7)."""
+    import torch
+
+    from bench.rng import BatchRNG
+
+    train, test = data.split("train"), data.split("test")
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return float(family.loss(test, BatchRNG(7, len(test))))
+
+    before = held_out()
+    opt = torch.optim.Adam(family.parameters(), lr=lr)
+    for step in range(steps):
+        idx = torch.randint(len(train), (batch,))
+        loss = family.loss(train[idx], BatchRNG(step, batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, held_out()
