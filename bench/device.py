@@ -15,16 +15,19 @@ import contextlib
 import re
 from typing import Iterator
 
-import torch
+import os
+import sys
 
 from .errors import UserError
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: precision -> the torch dtype autocast uses (by name: this module imports torch only when a case needs it)
+PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
 def visible_devices() -> str:
     """What torch sees, in words: ``cpu``, then ``cuda:0 (NAME)`` ... and ``mps`` where present."""
+    import torch
     seen = ["cpu"]
     if torch.cuda.is_available():
         seen += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
@@ -35,10 +38,15 @@ def visible_devices() -> str:
 
 def resolve_device(name: str | None) -> str:
     """The device a case runs on: ``auto`` (or None) becomes ``cuda`` when available, else ``cpu``.
-    Raises :class:`UserError` naming the device and what torch sees when the machine lacks it."""
+    Raises :class:`UserError` naming the device and what torch sees when the machine lacks it.
+    ``cpu``, and ``auto`` on a machine without GPU device files (:func:`may_have_cuda`), are resolved
+    without importing torch, so that ``bench validate`` stays fast."""
     name = "auto" if name is None else str(name)
     if not DEVICE_RE.match(name):
         raise UserError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
+    if name == "cpu" or (name == "auto" and not may_have_cuda()):
+        return "cpu"
+    import torch
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind = name.split(":")[0]
@@ -54,17 +62,34 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
+#: device files without which torch cannot see a CUDA (or ROCm) GPU on Linux: NVIDIA's control device,
+#: WSL2's GPU paravirtualisation device, and ROCm's kernel fusion driver
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def may_have_cuda() -> bool:
+    """False when torch certainly sees no CUDA device: on Linux without any of
+    :data:`_GPU_DEVICE_FILES`, and on macOS (no CUDA builds). True elsewhere (then torch is asked)."""
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(path) for path in _GPU_DEVICE_FILES)
+    return True
+
+
 def autocast(device: str, precision: str):
     """``torch.autocast`` for ``precision`` on ``device``; no context at all for fp32."""
+    import torch
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 def grad_scaler(device: str, precision: str) -> "torch.amp.GradScaler | None":
     """A loss scaler for fp16 training (None otherwise): the loss is multiplied by a factor that is
     halved whenever gradients overflow and doubled after a run of finite steps."""
+    import torch
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(torch.device(device).type)
@@ -73,6 +98,7 @@ def grad_scaler(device: str, precision: str) -> "torch.amp.GradScaler | None":
 @contextlib.contextmanager
 def tf32(device: str, enabled: bool | None) -> Iterator[None]:
     """Allow TF32 matrix products on CUDA for the duration (None or a non-CUDA device: unchanged)."""
+    import torch
     if enabled is None or torch.device(device).type != "cuda":
         yield
         return
@@ -87,6 +113,7 @@ def tf32(device: str, enabled: bool | None) -> Iterator[None]:
 def synchronize(device: str) -> None:
     """Wait for the device's queued work (CUDA and MPS run asynchronously), so a wall-clock time
     measured around it covers the work itself."""
+    import torch
     kind = torch.device(device).type
     if kind == "cuda":
         torch.cuda.synchronize(device)
@@ -97,6 +124,7 @@ def synchronize(device: str) -> None:
 def pinnable_gpus(devices) -> int:
     """GPUs to spread worker processes over, one each: the number torch sees when every case runs on
     plain ``cuda`` (an explicit ``cuda:N`` names a GPU itself, so nothing is pinned), else 0."""
+    import torch
     devices = set(devices)
     if devices != {"cuda"} or not torch.cuda.is_available():
         return 0

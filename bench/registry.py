@@ -28,6 +28,7 @@ import pydantic
 from .errors import UnknownComponentError, UserError
 from .hookspecs import REGISTER_HOOKS
 from .redact import redact_secrets
+from .signatures import static_signature
 
 #: the component kinds, one per registration hook (:data:`bench.hookspecs.REGISTER_HOOKS`)
 KINDS = tuple(REGISTER_HOOKS.values())
@@ -77,6 +78,7 @@ class Entry:
     defaults: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     _resolved: Any = None
+    _signature: inspect.Signature | None = None
 
     def load(self) -> Callable[..., Any]:
         """Import the target if it is a ``"module:attr"`` string; return the factory."""
@@ -114,13 +116,41 @@ class Entry:
                                      __config__=config, **fields)
 
     def signature(self) -> inspect.Signature:
-        """The factory signature with string annotations (``from __future__ import annotations``)
-        evaluated."""
-        factory = self.load()
-        try:
-            return inspect.signature(factory, eval_str=True)
-        except (NameError, TypeError, SyntaxError):
-            return inspect.signature(factory)
+        """The factory signature as a suite sees it: string annotations (``from __future__ import
+        annotations``) evaluated, and the parameters filled from the build context (meta
+        ``from_context``) left out. Read from the factory's source without importing it where that is
+        exact (:mod:`bench.signatures`; this keeps ``bench validate`` free of torch), else from the
+        imported factory."""
+        if self._signature is None:
+            sig = static_signature(self.target) if isinstance(self.target, str) and self._resolved is None else None
+            if sig is None:
+                factory = self.load()
+                try:
+                    sig = inspect.signature(factory, eval_str=True)
+                except (NameError, TypeError, SyntaxError):
+                    sig = inspect.signature(factory)
+            hidden = self.from_context()
+            self._signature = sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in hidden])
+        return self._signature
+
+    def from_context(self) -> dict[str, str]:
+        """Parameters bench fills from the :class:`~bench.context.BuildContext` when it builds the
+        component (meta ``from_context``: parameter -> attribute path, e.g. ``{"shape": "data.shape"}``),
+        so that they are neither suite parameters nor part of the spec."""
+        return dict(self.meta.get("from_context") or {})
+
+    def context_values(self, context: Any) -> dict[str, Any]:
+        """The values of :meth:`from_context`'s parameters read from ``context``."""
+        values = {}
+        for param, path in self.from_context().items():
+            value = context
+            for attr in path.split("."):
+                value = getattr(value, attr, None)
+            if value is None:
+                raise ValueError(f"{self.kind} '{self.name}' needs {path} from the build context "
+                                 f"(parameter '{param}'): build it with a context whose {path} is set")
+            values[param] = value
+        return values
 
     def accepts_context(self) -> bool:
         return "context" in self.signature().parameters
@@ -254,7 +284,7 @@ class Registry:
         name = spec.pop("name")
         spec.pop("id", None)
         entry = self.entry(name)
-        params = {**entry.defaults, **spec}
+        params = {**entry.defaults, **spec, **entry.context_values(context)}
         factory = entry.load()
         if entry.accepts_context():
             params["context"] = context

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import UserError
 from .protocols import PROTOCOLS, DataInfo, Member, members
+from .signatures import FUNCTION, OTHER, STATIC, UNKNOWN, static_members
 
 #: members a built-in ``torch.nn.Module`` supplies (not worth checking on a class)
 _MODULE_MEMBERS = ("parameters", "state_dict", "load_state_dict", "train", "eval")
@@ -33,7 +34,7 @@ def _protocol(kind: str) -> type:
 def _arity_problem(fn: Any, member: Member, what: str, bound: bool = True) -> str | None:
     """A line if ``fn`` cannot take ``member.arity`` positional arguments (``self`` included when unbound)."""
     try:
-        sig = inspect.signature(fn)
+        sig = fn if isinstance(fn, inspect.Signature) else inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: trust them
         return None
     args = [None] * (member.arity + (0 if bound else 1))
@@ -91,30 +92,80 @@ def assert_conforms(obj: Any, kind: str) -> None:
 def class_problems(entry: Any, what: str | None = None) -> list[str]:
     """The cheap check of a registry entry (:class:`bench.registry.Entry`): when its target is a class,
     the protocol methods it defines or inherits, with their arity; attributes and factories are left to
-    :func:`check_component` (they exist only once built)."""
-    target = entry.load()
+    :func:`check_component` (they exist only once built). A ``"module:attr"`` target is read from source
+    where that is exact (:func:`bench.signatures.static_members`), so ``bench validate`` imports no
+    plugin module for it."""
+    static = static_members(entry.target) if isinstance(entry.target, str) and entry._resolved is None else None
+    if static is False:
+        return []
+    if static is not None:
+        module, _, qualname = entry.target.partition(":")
+        problems = _member_problems(entry.kind, static, what or f"{entry.kind} '{entry.name}' (plugin "
+                                    f"'{entry.plugin}', {module}.{qualname})")
+        if problems is not None:
+            return problems
+    target = entry.load()  # a class the source cannot answer for: import it
     if not inspect.isclass(target):
         return []
     what = what or f"{entry.kind} '{entry.name}' (plugin '{entry.plugin}', {target.__module__}.{target.__qualname__})"
-    problems = []
-    for member in _members(entry.kind, target):
-        if member.arity is None or member.name in _MODULE_MEMBERS:
-            continue
-        if member.name == "__call__" and (hasattr(target, "features_for") or "__call__" not in dir(target)):
-            continue
-        fn = inspect.getattr_static(target, member.name, None)
+    return _member_problems(entry.kind, _ImportedClass(target), what)
+
+
+class _ImportedClass:
+    """A class's attributes as :func:`_member_problems` asks for them, from the class itself."""
+
+    def __init__(self, cls: type):
+        self.cls = cls
+
+    def lookup(self, name: str) -> tuple[str, Any] | None:
+        fn = inspect.getattr_static(self.cls, name, None)
         if fn is None:
-            if not member.optional:
-                problems.append(f"{what}: missing method '{member.name}'"
-                                + (f" ({member.doc.splitlines()[0]})" if member.doc else ""))
-            continue
+            return None
         if isinstance(fn, (staticmethod, classmethod)):
-            continue
-        if inspect.isfunction(fn):
-            problem = _arity_problem(fn, member, what, bound=False)
+            return STATIC, None
+        return (FUNCTION, fn) if inspect.isfunction(fn) else (OTHER, None)
+
+
+def _member_problems(kind: str, cls: Any, what: str) -> list[str] | None:
+    """Problems of a class (:class:`_ImportedClass` or :class:`bench.signatures.StaticClass`); None when
+    the class's source leaves a needed answer open (:data:`bench.signatures.UNKNOWN`)."""
+    problems = []
+    answers: dict[str, Any] = {}
+
+    def lookup(name: str) -> Any:
+        if name not in answers:
+            answers[name] = cls.lookup(name)
+            if answers[name] is UNKNOWN:
+                raise LookupError(name)
+        return answers[name]
+
+    try:
+        for member in members(_protocol(kind)):
+            problem = _member_problem(kind, member, lookup, what)
             if problem:
                 problems.append(problem)
+    except LookupError:
+        return None
     return problems
+
+
+def _member_problem(kind: str, member: Member, lookup: Any, what: str) -> str | None:
+    """The problem of one protocol member (``lookup(name)`` answers as the class's ``lookup`` does)."""
+    if kind == "feature_extractor" and lookup("features_for") is not None:  # the cached-features form
+        if member.name != "__call__":
+            return None
+        member = Member("features_for", 2, False, "")
+    if member.arity is None or member.name in _MODULE_MEMBERS:
+        return None
+    if member.name == "__call__" and (lookup("features_for") is not None or lookup("__call__") is None):
+        return None
+    found = lookup(member.name)
+    if found is None:
+        if member.optional:
+            return None
+        return f"{what}: missing method '{member.name}'" + (f" ({member.doc.splitlines()[0]})" if member.doc else "")
+    kind_of, fn = found
+    return _arity_problem(fn, member, what, bound=False) if kind_of == FUNCTION else None
 
 
 # ---------------------------------------------------------------------------------- probing

@@ -60,12 +60,25 @@ def load(workdir, manager, text, overrides=()):
 def test_auto_is_cuda_when_available_else_cpu(monkeypatch, no_cuda):
     assert resolve_device("auto") == resolve_device(None) == "cpu"
     assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr("bench.device.may_have_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
     with pytest.raises(UserError, match=r"device 'cuda:2' is not available.*cuda:0 \(Fake GPU\), cuda:1"):
         resolve_device("cuda:2")
+
+
+def test_auto_asks_torch_only_where_gpu_device_files_exist(monkeypatch, tmp_path):
+    import bench.device as device
+
+    monkeypatch.setattr(device.sys, "platform", "linux")
+    monkeypatch.setattr(device, "_GPU_DEVICE_FILES", (str(tmp_path / "nvidiactl"),))
+    assert device.may_have_cuda() is False
+    (tmp_path / "nvidiactl").write_text("")
+    assert device.may_have_cuda() is True
+    monkeypatch.setattr(device.sys, "platform", "darwin")
+    assert device.may_have_cuda() is False
 
 
 def test_a_missing_device_names_it_and_what_torch_sees(no_cuda):

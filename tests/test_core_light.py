@@ -1,5 +1,6 @@
-"""`bench validate` and `bench run --dry-run` stay light: they read component signatures but import
-neither MLflow, torch-fidelity, matplotlib, scipy nor the case runner; and loading the plugins does not
+"""`bench validate` and `bench run --dry-run` stay light: they read component signatures from source
+(bench.signatures) and import neither torch, numpy, MLflow, torch-fidelity, matplotlib, scipy nor the
+case runner; and loading the plugins does not
 import the runner (the runner -> plugins dependency is one-way)."""
 import json
 import subprocess
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("mlflow", "torch_fidelity", "torchvision", "matplotlib", "scipy", "bench.runner", "bench.tracking")
+HEAVY = ("torch", "numpy", "mlflow", "torch_fidelity", "torchvision", "matplotlib", "scipy", "bench.runner", "bench.tracking")
 
 PROBE = """
 import json, sys

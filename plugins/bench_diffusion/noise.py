@@ -19,7 +19,6 @@ covariances for low-dimensional point data (symmetric root from ``eigh``).
 from __future__ import annotations
 
 import abc
-import inspect
 import math
 from typing import Annotated, Any, Sequence
 
@@ -271,26 +270,6 @@ def dense_matrix(op, shape: Sequence[int]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- factories (registered)
-
-def on_data_shape(cls: type) -> Any:
-    """The registered factory of a noise class: the class's own parameters (defaults and bounds, stated
-    once in its ``__init__``) plus ``context``, whose data gives ``shape``."""
-    sig = inspect.signature(cls, eval_str=True)
-    own = [p for p in sig.parameters.values() if p.name != "shape"]
-
-    def factory(context=None, **params: Any):
-        return cls(data_shape(context), **params)
-
-    context = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, default=None)
-    factory.__signature__ = sig.replace(parameters=[*own, context], return_annotation=cls)
-    factory.__name__ = factory.__qualname__ = cls.__name__.lower()
-    factory.__doc__ = cls.__doc__
-    return factory
-
-
-isotropic = on_data_shape(Isotropic)
-gff = on_data_shape(GFF)
-
 
 def anisotropic(cov: list[list[float]] | None = None,
                 rho: Annotated[float, Field(gt=-1, lt=1)] = 0.5, context=None) -> Dense:

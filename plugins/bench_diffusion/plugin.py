@@ -13,8 +13,10 @@ _COMPONENTS = {"noise": "noise", "schedule": "schedule"}
 
 @hookimpl
 def bench_register_noise_models(register):
-    register("isotropic", f"{_P}.noise:isotropic", description="Sigma = I (every operator the identity)")
-    register("gff", f"{_P}.noise:gff",
+    shape = {"shape": "data.shape"}  # the sample shape comes from the dataset (bench.registry.Entry.from_context)
+    register("isotropic", f"{_P}.noise:Isotropic", from_context=shape,
+             description="Sigma = I (every operator the identity)")
+    register("gff", f"{_P}.noise:GFF", from_context=shape,
              description="Gaussian free field: FFT filter |k|^-gamma, DC at |k|=dc, diag(Sigma)=1, per channel")
     register("anisotropic", f"{_P}.noise:anisotropic",
              description="dense covariance over the flattened sample (cov, or equicorrelation rho); eigh root")

@@ -30,22 +30,13 @@ import inspect
 from typing import Annotated, Any
 
 import torch
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from bench.errors import did_you_mean
 
 from .base import DiffusionSampler
+from .diffusers_names import SCHEDULERS, SchedulerName, check_scheduler  # noqa: F401 - SCHEDULERS re-exported
 
-#: diffusers schedulers that take (trained_betas, num_train_timesteps, prediction_type) and step a
-#: noise-prediction model (not: DPMSolverSDEScheduler, which needs torchsde; LCM/TCD, which are for
-#: distilled consistency models; EDM/flow-matching schedulers, which have no betas). Names are checked
-#: against this tuple before diffusers is imported, and only these are ever looked up in diffusers.
-SCHEDULERS = (
-    "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler",
-    "LMSDiscreteScheduler", "PNDMScheduler", "SASolverScheduler", "UniPCMultistepScheduler",
-)
 #: config keys the family decides (see the module docstring); ``options`` may not set them
 FROM_FAMILY = ("num_train_timesteps", "trained_betas", "beta_schedule", "beta_start", "beta_end",
                "prediction_type", "rescale_betas_zero_snr")
@@ -54,17 +45,6 @@ STEP_OWN = {"self", "model_output", "timestep", "sample", "generator", "variance
 BRIDGE_T = 1000  # levels given to the scheduler for a continuous-time family
 #: bench's network parameterisation -> diffusers' prediction_type
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-
-
-def check_scheduler(name: str) -> str:
-    if name not in SCHEDULERS:
-        close = did_you_mean(name, SCHEDULERS)
-        hint = f"did you mean '{close}'?" if close else f"known: {', '.join(SCHEDULERS)}"
-        raise ValueError(f"unknown diffusers scheduler '{name}' ({hint})")
-    return name
-
-
-SchedulerName = Annotated[str, AfterValidator(check_scheduler)]
 
 
 def schedule_table(process: Any) -> tuple[int, list[float]]:
