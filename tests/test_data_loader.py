@@ -4,6 +4,7 @@ workers gives the same batches, labels reach a family that asks for them, a resu
 the same later batches, and ``train.num_workers`` changes neither the case hash at its default nor
 the train key."""
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from bench import trainer
 from bench.batches import batches
 from bench.context import BuildContext
 from bench.errors import CaseFailed
+from bench.protocols import DataInfo
 from bench.rng import derive_seed
 from bench.store import Store
 from bench.suite import SuiteError, load_suite
@@ -85,6 +87,29 @@ def test_two_workers_give_the_same_batches(digits, folder):
         assert all(torch.equal(a, b) for (a, _), (b, _) in zip(zero, two))
     other_seed = train_and_record(folder, seed=4, num_workers=2)
     assert not torch.equal(other_seed[0][0], zero[0][0])  # the order is the seed's
+
+
+class PidRows:
+    """Rows whose values are the id of the process that read them."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, idx):
+        return torch.full((len(idx), 1), float(os.getpid()))
+
+
+class PidData:
+    info = DataInfo(name="pids", shape=(1,), modality="points")
+
+    def rows(self, split):
+        return PidRows()
+
+
+def test_workers_read_the_rows_in_other_processes():
+    readers = {int(x[0, 0]) for x, _ in train_and_record(PidData(), num_workers=2)}
+    assert readers and os.getpid() not in readers
+    assert {int(x[0, 0]) for x, _ in train_and_record(PidData())} == {os.getpid()}
 
 
 def test_labels_reach_a_family_that_asks_for_them(folder):
