@@ -636,7 +636,8 @@ class _CaseBuilder:
             secs, p = extra.get("sections", {}), extra.get("path", ())
             for key, (schema, _) in sections.items():
                 values[key] = _section(secs, key, schema, values[key], p, self.positions)
-        values["train"] = {k: v for k, v in values["train"].items() if k not in READING_KEYS or v != READING_KEYS[k]}
+        values["train"] = {k: v for k, v in values["train"].items()
+                           if k not in READING_KEYS or v != READING_KEYS[k]}
         metrics = self.metrics
         for extra in extras:
             if METRIC_PARAMS in extra:

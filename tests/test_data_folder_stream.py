@@ -57,8 +57,9 @@ def counted_opens(monkeypatch):
 def build(manager, root, store, **params):
     notes = []
     ctx = BuildContext.from_registries(manager.registries, seed=0, store=store, log=notes.append)
-    spec = {"name": "image_folder", **manager.registries.dataset.validate("image_folder", {"root": str(root), **params})}
-    return manager.registries.dataset.create(spec, context=ctx), notes
+    regs = manager.registries
+    spec = {"name": "image_folder", **regs.dataset.validate("image_folder", {"root": str(root), **params})}
+    return regs.dataset.create(spec, context=ctx), notes
 
 
 def snapshot(path):
