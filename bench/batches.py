@@ -60,10 +60,6 @@ class RowReader:
         return x, y
 
 
-def wants_labels(family: Any) -> bool:
-    return bool(getattr(family, "wants_labels", False))
-
-
 def batches(dataset: Any, family: Any, cfg: dict[str, Any], seed: int, device: str = "cpu",
             start: int = 0) -> Iterator[tuple[Any, torch.Tensor | None]]:
     """``(x, y)`` for training steps ``start .. cfg["steps"] - 1``, on ``device``; ``y`` is None unless
@@ -76,7 +72,7 @@ def batches(dataset: Any, family: Any, cfg: dict[str, Any], seed: int, device: s
         workers = 0
     data = dataset.rows("train") if hasattr(dataset, "rows") else dataset.split("train")
     labels = None
-    if wants_labels(family):
+    if getattr(family, "wants_labels", False):
         if not hasattr(dataset, "labels") or "num_classes" not in dataset.info.params:
             raise CaseFailed(f"family {type(family).__name__} trains on class labels (wants_labels) but dataset "
                              f"{dataset.info.name} has none")
