@@ -60,6 +60,12 @@ class Dataset(Protocol):
         """Class labels of a split, int64 ``(N,)``, row-aligned with ``split(split)``; labelled data
         also sets ``info.params["num_classes"]`` (the digits classifier, :meth:`MetricContext.labels`)."""
 
+    @optional
+    def rows(self, split: str) -> Any:
+        """The split without holding it in memory: ``len(rows)`` and ``rows[idx]`` (``idx`` an int64
+        CPU tensor) equal to ``split(split)[idx]``; picklable (DataLoader workers). The trainer reads
+        batches through it when present (:mod:`bench.batches`)."""
+
 
 class NoiseModel(Protocol):
     """The covariance Sigma of the forward noise (diffusion-math.md section 4.3: every injected
@@ -155,7 +161,8 @@ class Family(Protocol):
 
     def loss(self, x: Any, rng: Any) -> Any:
         """The mean training loss (a scalar tensor) on a batch ``x`` in model space; ``rng`` is a
-        :class:`bench.rng.BatchRNG`."""
+        :class:`bench.rng.BatchRNG`. A family with the attribute ``wants_labels = True`` is called
+        ``loss(x, rng, labels=y)``, ``y`` the batch's int64 class labels (:mod:`bench.batches`)."""
 
     def nfe_modules(self) -> list:
         """Modules whose forward calls are network function evaluations (bench counts them with

@@ -51,6 +51,13 @@ class TrainConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     warmup: Annotated[int, Field(ge=0)] = 0
     log_every: Optional[Annotated[int, Field(gt=0)]] = None
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+#: train keys that change how the batches are read, never what they are (bench.batches): absent from
+#: a case's train section at their defaults (the hashes of suites that do not set them are those from
+#: before they existed) and never part of the train key
+READING_KEYS = {"num_workers": 0}
 
 
 class EvalConfig(_Strict):
@@ -178,7 +185,8 @@ class Case:
     def train_key(self) -> str:
         """Training depends on dataset, family (with noise, schedule, network), train and seed only:
         cases that differ in sampler or metrics share it (train once, sample many)."""
-        return content_key("train", self.dataset, self.family, self.train, self.seed,
+        train = {k: v for k, v in self.train.items() if k not in READING_KEYS}
+        return content_key("train", self.dataset, self.family, train, self.seed,
                            {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
                            *([self.numerics()] if self.numerics() else []))
 
@@ -628,6 +636,8 @@ class _CaseBuilder:
             secs, p = extra.get("sections", {}), extra.get("path", ())
             for key, (schema, _) in sections.items():
                 values[key] = _section(secs, key, schema, values[key], p, self.positions)
+        values["train"] = {k: v for k, v in values["train"].items()
+                           if k not in READING_KEYS or v != READING_KEYS[k]}
         metrics = self.metrics
         for extra in extras:
             if METRIC_PARAMS in extra:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from .batches import batches
 from .device import autocast, grad_scaler, synchronize
 from .errors import CaseFailed
 from .rng import BatchRNG, derive_seed
@@ -39,21 +40,20 @@ class TrainingFailedBefore(CaseFailed):
 def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
           progress: Callable, check_deadline: Callable[[str], None], desc: str = "train",
           device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
-    """Train ``family`` (already on ``device``) on ``dataset.split("train")``; returns the checkpoint
+    """Train ``family`` (already on ``device``) on the dataset's training split; returns the checkpoint
     dict (state, ema_state, loss_curve as [step, mean loss since the last point], train_time_s, steps).
 
-    The training split is moved to ``device`` once; batch indices come from a CPU generator (the
-    same batches on every device), the training noise from a generator on ``device``. With bf16 or
+    Batches come from :func:`bench.batches.batches` (a DataLoader with ``cfg["num_workers"]``
+    workers; indices from a seeded CPU generator: the same batches on every device and with any
+    number of workers), with labels ``loss(x, rng, labels=y)`` when ``family.wants_labels``; the
+    training noise comes from a generator on ``device``. With bf16 or
     fp16 the loss is computed under autocast; fp16 scales it (:func:`bench.device.grad_scaler`),
     unscaling the gradients before clipping."""
-    data = dataset.split("train")
-    if isinstance(data, torch.Tensor):
-        data = data.to(device)
+    train_batches = batches(dataset, family, cfg, seed, device)
     params = [p for p in family.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scaler = grad_scaler(device, precision)
     ema = [p.detach().clone() for p in params] if cfg["ema"] > 0 else None
-    gen = torch.Generator().manual_seed(derive_seed(seed, "train-batches"))
     rng = BatchRNG(derive_seed(seed, "train-noise"), cfg["batch_size"], device=device)
     steps = cfg["steps"]
     log_every = cfg["log_every"] or max(1, steps // 200)
@@ -63,15 +63,12 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
     start = time.perf_counter()
     bar = progress(range(steps), desc=desc, total=steps)
     for step in bar:
-        idx = torch.randint(len(data), (cfg["batch_size"],), generator=gen)
-        x = data[idx.to(data.device)] if isinstance(data, torch.Tensor) else data[idx]
-        if isinstance(x, torch.Tensor):
-            x = x.to(device)  # a no-op when the split is already there
+        x, y = next(train_batches)
         if cfg["warmup"]:
             for group in opt.param_groups:
                 group["lr"] = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
         with autocast(device, precision):
-            loss = family.loss(x, rng.with_batch(len(x)))
+            loss = family.loss(x, rng.with_batch(len(x)), **({} if y is None else {"labels": y}))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise CaseFailed(f"training loss became {value} at step {step}")
