@@ -51,6 +51,16 @@ class TrainConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     warmup: Annotated[int, Field(ge=0)] = 0
     log_every: Optional[Annotated[int, Field(gt=0)]] = None
+    checkpoint_every: Optional[Annotated[int, Field(gt=0)]] = None
+
+
+#: train settings that do not change the trained weights (bench.train_state): not hashed
+UNHASHED_TRAIN_KEYS = ("checkpoint_every",)
+
+
+def hashed_train(train: dict[str, Any]) -> dict[str, Any]:
+    """The train section as it enters the case hash and the training key."""
+    return {k: v for k, v in train.items() if k not in UNHASHED_TRAIN_KEYS}
 
 
 class EvalConfig(_Strict):
@@ -155,8 +165,9 @@ class Case:
 
     def config(self) -> dict[str, Any]:
         """The resolved case config: what is hashed, logged as params and written as YAML."""
+        train = {k: v for k, v in self.train.items() if v is not None or k not in UNHASHED_TRAIN_KEYS}
         return {"dataset": self.dataset, "family": self.family, "sampler": self.sampler,
-                "metrics": self.metrics, "train": self.train, "eval": self.eval,
+                "metrics": self.metrics, "train": train, "eval": self.eval,
                 "budget": self.budget, "seed": self.seed, **self.numerics()}
 
     def numerics(self) -> dict[str, Any]:
@@ -172,15 +183,25 @@ class Case:
 
     @property
     def hash(self) -> str:
-        return content_key("case", self.config(), self.versions)[:16]
+        return content_key("case", {**self.config(), "train": hashed_train(self.train)}, self.versions)[:16]
 
     @property
     def train_key(self) -> str:
         """Training depends on dataset, family (with noise, schedule, network), train and seed only:
         cases that differ in sampler or metrics share it (train once, sample many)."""
-        return content_key("train", self.dataset, self.family, self.train, self.seed,
-                           {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
-                           *([self.numerics()] if self.numerics() else []))
+        return content_key("train", *self._training_inputs(hashed_train(self.train)))
+
+    @property
+    def lineage_key(self) -> str:
+        """Shared by trainings that differ only in ``steps``: a longer one continues a shorter one
+        (bench.train_state)."""
+        return content_key("lineage", *self._training_inputs(
+            {k: v for k, v in hashed_train(self.train).items() if k != "steps"}))
+
+    def _training_inputs(self, train: dict[str, Any]) -> tuple:
+        return (self.dataset, self.family, train, self.seed,
+                {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
+                *([self.numerics()] if self.numerics() else []))
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, **self.config(), "versions": self.versions,
