@@ -216,6 +216,39 @@ def test_hashes_checkpoint_every_is_not_hashed_steps_is(workdir):
     assert longer.lineage_key == plain.lineage_key
 
 
+def run_in_worker(workdir, store, **kw):
+    """One case through the runner as an executor runs it (no MLflow): its record."""
+    from bench.plugins import get_manager
+    from bench.runner import CaseJob, RunSettings, run_case
+
+    manager = get_manager(("bench_resumeplug",))
+    write_suite(workdir, **kw)
+    case = load_suite(workdir / "s.yaml", manager.registries, manager.versions()).cases[0]
+    settings = RunSettings(store=str(workdir / store), results_dir=str(workdir / "results"),
+                           plugins=("bench_resumeplug",), quiet=True)
+    return run_case(CaseJob(case.to_dict(), settings))
+
+
+def test_the_runner_resumes_an_interrupted_training_and_records_it(workdir, monkeypatch):
+    monkeypatch.setenv("BENCH_RESUME_STOP_AT", "17")
+    first = run_in_worker(workdir, "store")
+    assert first["status"] == "failed" and "saved at step 14 of 40" in " ".join(first["notes"])
+    monkeypatch.delenv("BENCH_RESUME_STOP_AT")
+    assert run_in_worker(workdir, "store")["error"].endswith("`bench run --retry-failed` retrains it)")
+    trainer.clear_failures(Store(workdir / "store"), [first["train_key"]])  # what --retry-failed does
+    second = run_in_worker(workdir, "store")
+    assert second["status"] == "ok" and second["train_resumed"] == {"step": 14, "train_key": first["train_key"]}
+    resumed, meta = stored(workdir, "store")
+    assert (meta["resumed_from_step"], meta["parent"]) == (14, None)
+    straight = run_in_worker(workdir, "straight", extra="checkpoint_every: null")
+    assert "train_resumed" not in straight
+    oracle, _ = stored(workdir, "straight")
+    for k in oracle["state"]:
+        assert torch.equal(resumed["state"][k], oracle["state"][k]), k
+        assert torch.equal(resumed["ema_state"][k], oracle["ema_state"][k]), k
+    assert resumed["loss_curve"] == oracle["loss_curve"]
+
+
 @pytest.mark.slow
 def test_bench_run_resumes_an_interrupted_training_and_logs_it(workdir, monkeypatch):
     write_suite(workdir)
@@ -256,3 +289,31 @@ def test_raising_steps_continues_the_finished_training(workdir):
     straight, _ = stored(workdir, "straight")
     for k in straight["state"]:
         assert torch.equal(child["state"][k], straight["state"][k]), k
+
+
+@pytest.mark.slow
+def test_a_training_longer_than_its_time_budget_finishes_over_several_runs(workdir):
+    """Each run trains until its budget (timeout_s: 12 for 200 steps of 0.1 s; a fresh worker also
+    spends seconds importing torch) and saves every 5 steps; the failure is resumable while the saved
+    step advances, so repeated `bench run`s finish the training, with the weights of a straight run."""
+    text = SUITE.replace("STEPS", "200").replace("EXTRA", "checkpoint_every: 5") \
+        .replace("[denoiser]", "[{name: denoiser, sleep_s: 0.1}]")
+    (workdir / "s.yaml").write_text(text.replace("defaults:\n", "defaults:\n  budget: {timeout_s: 12}\n"))
+    failures = []
+    for _ in range(8):
+        result = bench_run()
+        rec = max(case_records(workdir), key=lambda r: r["finished"])
+        if result.exit_code == 0:
+            break
+        assert "time budget exceeded" in rec["error"], rec["error"]
+        failures.append(rec)
+    assert result.exit_code == 0 and failures, result.output
+    assert rec["train_resumed"]["step"] > 0
+    steps = [f["train_resumed"]["step"] for f in failures if "train_resumed" in f] + [rec["train_resumed"]["step"]]
+    assert steps == sorted(set(steps)), steps  # every run went further
+    resumed, _ = stored(workdir, ".bench-store")
+    (workdir / "s.yaml").write_text(text.replace("sleep_s: 0.1", "sleep_s: 0.0"))  # no budget, no sleep
+    assert bench_run("--store", "straight").exit_code == 0
+    straight, _ = stored(workdir, "straight")
+    for k in straight["state"]:
+        assert torch.equal(resumed["state"][k], straight["state"][k]), k

@@ -3,11 +3,12 @@
 ``denoiser`` is a small real denoising family whose training reads every random stream a training
 has: the noise level and the noise from the training generator (``rng``), the dropout masks from
 torch's global generator, and a buffer that counts the steps. With ``$BENCH_RESUME_STOP_AT=N`` its
-N-th loss call in this process raises (an interrupted training).
+N-th loss call in this process raises (an interrupted training); ``sleep_s`` makes every step slow.
 """
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from torch import nn
@@ -20,8 +21,9 @@ class Denoiser(nn.Module):
 
     trainable = True
 
-    def __init__(self, hidden: int = 32, dropout: float = 0.1, context=None):
+    def __init__(self, hidden: int = 32, dropout: float = 0.1, sleep_s: float = 0.0, context=None):
         super().__init__()
+        self.sleep_s = sleep_s
         dim = context.data.dim
         self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
@@ -29,6 +31,7 @@ class Denoiser(nn.Module):
 
     def loss(self, x, rng):
         self.calls += 1
+        time.sleep(self.sleep_s)
         if self.calls == int(os.environ.get("BENCH_RESUME_STOP_AT", "0")):
             raise RuntimeError(f"deliberate interruption at loss call {self.calls}")
         x = x.flatten(1)
