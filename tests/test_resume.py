@@ -317,3 +317,22 @@ def test_a_training_longer_than_its_time_budget_finishes_over_several_runs(workd
     straight, _ = stored(workdir, "straight")
     for k in straight["state"]:
         assert torch.equal(resumed["state"][k], straight["state"][k]), k
+
+
+def test_replacing_a_store_entry_never_leaves_it_missing_while_the_old_one_is_deleted(tmp_path, monkeypatch):
+    """Regression: Store.put deleted the old entry (rmtree) before renaming the new one into place, so a
+    kill during that delete (long for a large checkpoint) left no entry at all."""
+    import shutil
+
+    store = Store(tmp_path)
+    store.put("kind", "key", lambda d: (d / "f.txt").write_text("old"))
+    seen = []
+    real = shutil.rmtree
+
+    def rmtree(path, *a, **kw):
+        entry = store.get("kind", "key")
+        seen.append(None if entry is None else (entry / "f.txt").read_text())
+        return real(path, *a, **kw)
+    monkeypatch.setattr("bench.store.shutil.rmtree", rmtree)
+    store.put("kind", "key", lambda d: (d / "f.txt").write_text("new"))
+    assert seen == ["new"]
