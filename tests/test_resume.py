@@ -336,3 +336,34 @@ def test_replacing_a_store_entry_never_leaves_it_missing_while_the_old_one_is_de
     monkeypatch.setattr("bench.store.shutil.rmtree", rmtree)
     store.put("kind", "key", lambda d: (d / "f.txt").write_text("new"))
     assert seen == ["new"]
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_training_is_resumed_by_the_next_bench_run(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_suite(workdir, steps=100, extra="checkpoint_every: 5")
+    text = (workdir / "s.yaml").read_text()
+    (workdir / "s.yaml").write_text(text.replace("[denoiser]", "[{name: denoiser, sleep_s: 0.05}]"))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "s.yaml", "-q", "--plugins", "bench_resumeplug"],
+                            cwd=workdir, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(workdir.glob(f".bench-store/{train_state.KIND}/*/*/entry.json")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    result = bench_run()
+    assert result.exit_code == 0, result.output
+    rec = max(case_records(workdir), key=lambda r: r["finished"])
+    assert 5 <= rec["train_resumed"]["step"] < 100
+    resumed, _ = stored(workdir, ".bench-store")
+    (workdir / "s.yaml").write_text(text)  # no sleep: the same training
+    assert bench_run("--store", "straight").exit_code == 0
+    straight, _ = stored(workdir, "straight")
+    for k in straight["state"]:
+        assert torch.equal(resumed["state"][k], straight["state"][k]), k
