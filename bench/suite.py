@@ -164,7 +164,8 @@ class Case:
                 "sampler": label(self.sampler) if self.sampler else "no-sampler", "seed": str(self.seed)}
 
     def config(self) -> dict[str, Any]:
-        """The resolved case config: what is hashed, logged as params and written as YAML."""
+        """The resolved case config: what is hashed (less ``UNHASHED_TRAIN_KEYS``), logged as params
+        and written as YAML; an unhashed train key appears only when set."""
         train = {k: v for k, v in self.train.items() if v is not None or k not in UNHASHED_TRAIN_KEYS}
         return {"dataset": self.dataset, "family": self.family, "sampler": self.sampler,
                 "metrics": self.metrics, "train": train, "eval": self.eval,
