@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import plots, trainer
+from . import plots, train_state, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .device import autocast, tf32
 from .errors import BudgetExceeded, CaseFailed
@@ -112,6 +112,7 @@ class CaseRunner:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.deadline = _Deadline(self.case.budget.get("timeout_s"))
         self.trained = False
+        self.resumed: dict[str, Any] | None = None  # the saved training state this case started from
         self.skipped = dict(self.case.skipped_metrics)
 
     # ------------------------------------------------------------------ helpers
@@ -154,21 +155,44 @@ class CaseRunner:
                     raise trainer.TrainingFailedBefore(earlier)
                 self.trained = True
                 self.phase("training")
+                progress = train_state.Progress(self.store, key, self.case.lineage_key, self.case.train["steps"],
+                                                self.log)
+                start = self._training_start(progress, family)
                 try:
                     with self.timer.phase("train"):
                         state = trainer.train(family, dataset, self.case.train, self.case.seed, self.progress,
                                               self.deadline.check, desc=f"train {label(self.case.family)}",
-                                              device=self.case.device, precision=self.case.precision)
+                                              device=self.case.device, precision=self.case.precision,
+                                              start=start, save=progress.save)
                 except BaseException as exc:
                     if not signals.received():
                         trainer.record_failure(self.store, key, _error_line(exc), self.case.budget.get("timeout_s"))
+                    saved = progress.newest_step()
+                    if saved is not None:
+                        self.log(f"training state saved at step {saved} of {self.case.train['steps']}: "
+                                 "`bench run` again resumes from it")
                     raise
+                trainer.clear_failures(self.store, [key])  # a resumable failure, now finished
+                parent = self.resumed["train_key"] if self.resumed and self.resumed["train_key"] != key else None
                 self.store.put("checkpoints", key, lambda d: torch.save(state, d / "checkpoint.pt"),
-                               meta={"case": self.case.id, "train": self.case.train})
+                               meta={"case": self.case.id, "train": self.case.train, "parent": parent,
+                                     "resumed_from_step": self.resumed["step"] if self.resumed else None})
                 family.load_state_dict(state["ema_state"] if state.get("ema_state") else state["state"])
         self.metrics["train_time_s"] = float(state["train_time_s"])
         self.metrics["final_loss"] = float(state["loss_curve"][-1][1]) if state["loss_curve"] else math.nan
         self.series["train_loss"] = [tuple(x) for x in state["loss_curve"]]
+
+    def _training_start(self, progress: train_state.Progress, family: torch.nn.Module) -> train_state.Start | None:
+        """The saved state this training continues from (its own, after an interruption, or its
+        parent's, a finished shorter training of its lineage), or None; noted in the record."""
+        start = progress.start(family, with_ema=self.case.train["ema"] > 0)
+        if start is None:
+            return None
+        self.resumed = {"step": start.step, "train_key": start.train_key}
+        whose = "its own saved state" if start.train_key == self.case.train_key else \
+            f"the finished {start.step}-step training {start.train_key[:12]} (its parent)"
+        self.log(f"training resumed from step {start.step} ({whose})")
+        return start
 
     def _load(self, family: torch.nn.Module, key: str) -> dict[str, Any] | None:
         """The stored checkpoint loaded into ``family``, or None. One that fails to load for any
@@ -355,6 +379,7 @@ class CaseRunner:
             self.metrics[f"time_{key}_s"] = secs
         record.update({"metrics": {k: v for k, v in self.metrics.items()},
                        "series": self.series, "timings": self.timer.seconds, "trained": self.trained,
+                       **({"train_resumed": self.resumed} if self.resumed else {}),
                        "skipped_metrics": self.skipped, "notes": self.notes, "warnings": self.warnings, "pid": os.getpid(),
                        "threads": torch.get_num_threads()})
         if self.series.get("train_loss") and record["status"] != "killed":  # a stopping run must not wait on plots

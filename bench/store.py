@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<kind>/<key[:2]>/<key>/`` holding the payload files and ``entry.json`` (what the
 key was made of, and the sha256 of every file). Entries are written in a temporary directory and
-renamed into place, so a reader sees a complete entry or none. A file whose checksum no longer
+renamed into place, so a reader sees a complete entry or none; an entry being replaced is renamed
+aside just before (the old one is deleted after the new one is in place). A file whose checksum no longer
 matches is detected, the entry removed, and the caller rebuilds it: a corrupt entry is never used.
 ``lock()`` is an ``fcntl`` file lock so that processes sharing a store (process pool, Ray workers on
 a shared mount) build each entry once.
@@ -80,6 +81,24 @@ class Store:
         d = self.get(kind, key)
         return None if d is None else json.loads((d / "entry.json").read_text()).get("meta", {})
 
+    def peek(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The entry's meta without verifying its files (cheap; :meth:`get` verifies), or None."""
+        try:
+            return json.loads((self.entry_dir(kind, key) / "entry.json").read_text()).get("meta") or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def entries(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(key, meta)`` of every entry of ``kind``, unverified: a cheap scan (:meth:`get` verifies)."""
+        for manifest in sorted((self.root / kind).glob("*/*/entry.json")):
+            if manifest.parent.name.startswith("."):  # an entry being written or deleted
+                continue
+            try:
+                info = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            yield manifest.parent.name, info.get("meta") or {}
+
     def put(self, kind: str, key: str, writer: Callable[[Path], None], meta: dict | None = None) -> Path:
         """Create the entry by calling ``writer(tmpdir)`` and renaming it into place."""
         final = self.entry_dir(kind, key)
@@ -91,17 +110,25 @@ class Store:
             (tmp / "entry.json").write_text(json.dumps(
                 {"kind": kind, "key": key, "created": time.time(), "files": files, "meta": meta or {}},
                 indent=1, default=str))
-            if final.exists():
-                self.remove(kind, key)
+            trash = self._to_trash(final)  # two renames: the old entry is gone for microseconds only
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
         return final
 
     def remove(self, kind: str, key: str) -> None:
-        d = self.entry_dir(kind, key)
-        if d.exists():
-            trash = d.with_name(f".trash-{d.name}-{os.getpid()}-{time.time_ns()}")
-            os.replace(d, trash)
+        trash = self._to_trash(self.entry_dir(kind, key))
+        if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+
+    @staticmethod
+    def _to_trash(d: Path) -> Path | None:
+        """Rename the entry ``d`` out of the way (atomic); the caller deletes what it returns."""
+        if not d.exists():
+            return None
+        trash = d.with_name(f".trash-{d.name}-{os.getpid()}-{time.time_ns()}")
+        os.replace(d, trash)
+        return trash

@@ -52,12 +52,18 @@ class TrainConfig(_Strict):
     warmup: Annotated[int, Field(ge=0)] = 0
     log_every: Optional[Annotated[int, Field(gt=0)]] = None
     num_workers: Annotated[int, Field(ge=0)] = 0
+    checkpoint_every: Optional[Annotated[int, Field(gt=0)]] = None
 
 
-#: train keys that change how the batches are read, never what they are (bench.batches): absent from
-#: a case's train section at their defaults (the hashes of suites that do not set them are those from
-#: before they existed) and never part of the train key
-READING_KEYS = {"num_workers": 0}
+#: train settings that change how a training runs, never the trained weights (bench.batches,
+#: bench.train_state): absent from a case's train section at their defaults (so the hashes of suites
+#: that do not set them are those from before they existed) and never hashed (case hash, train key)
+UNHASHED_TRAIN_KEYS = {"num_workers": 0, "checkpoint_every": None}
+
+
+def hashed_train(train: dict[str, Any]) -> dict[str, Any]:
+    """The train section as it enters the case hash and the training key."""
+    return {k: v for k, v in train.items() if k not in UNHASHED_TRAIN_KEYS}
 
 
 class EvalConfig(_Strict):
@@ -161,9 +167,11 @@ class Case:
                 "sampler": label(self.sampler) if self.sampler else "no-sampler", "seed": str(self.seed)}
 
     def config(self) -> dict[str, Any]:
-        """The resolved case config: what is hashed, logged as params and written as YAML."""
+        """The resolved case config: what is hashed (less ``UNHASHED_TRAIN_KEYS``), logged as params
+        and written as YAML; an unhashed train key appears only when set."""
+        train = {k: v for k, v in self.train.items() if k not in UNHASHED_TRAIN_KEYS or v != UNHASHED_TRAIN_KEYS[k]}
         return {"dataset": self.dataset, "family": self.family, "sampler": self.sampler,
-                "metrics": self.metrics, "train": self.train, "eval": self.eval,
+                "metrics": self.metrics, "train": train, "eval": self.eval,
                 "budget": self.budget, "seed": self.seed, **self.numerics()}
 
     def numerics(self) -> dict[str, Any]:
@@ -179,16 +187,25 @@ class Case:
 
     @property
     def hash(self) -> str:
-        return content_key("case", self.config(), self.versions)[:16]
+        return content_key("case", {**self.config(), "train": hashed_train(self.train)}, self.versions)[:16]
 
     @property
     def train_key(self) -> str:
         """Training depends on dataset, family (with noise, schedule, network), train and seed only:
         cases that differ in sampler or metrics share it (train once, sample many)."""
-        train = {k: v for k, v in self.train.items() if k not in READING_KEYS}
-        return content_key("train", self.dataset, self.family, train, self.seed,
-                           {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
-                           *([self.numerics()] if self.numerics() else []))
+        return content_key("train", *self._training_inputs(hashed_train(self.train)))
+
+    @property
+    def lineage_key(self) -> str:
+        """Shared by trainings that differ only in ``steps``: a longer one continues a shorter one
+        (bench.train_state)."""
+        return content_key("lineage", *self._training_inputs(
+            {k: v for k, v in hashed_train(self.train).items() if k != "steps"}))
+
+    def _training_inputs(self, train: dict[str, Any]) -> tuple:
+        return (self.dataset, self.family, train, self.seed,
+                {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
+                *([self.numerics()] if self.numerics() else []))
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, **self.config(), "versions": self.versions,
@@ -637,7 +654,7 @@ class _CaseBuilder:
             for key, (schema, _) in sections.items():
                 values[key] = _section(secs, key, schema, values[key], p, self.positions)
         values["train"] = {k: v for k, v in values["train"].items()
-                           if k not in READING_KEYS or v != READING_KEYS[k]}
+                           if k not in UNHASHED_TRAIN_KEYS or v != UNHASHED_TRAIN_KEYS[k]}
         metrics = self.metrics
         for extra in extras:
             if METRIC_PARAMS in extra:

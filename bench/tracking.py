@@ -387,6 +387,8 @@ class Tracker:
             run_tags[mlflow_key(f"bench.{k}")] = str(v)
         for k, v in (record.get("versions") or {}).items():
             run_tags[mlflow_key(f"bench.version.{k}")] = str(v)
+        if record.get("train_resumed"):  # the saved training state it started from (bench.train_state)
+            run_tags["bench.train_resumed_from"] = "step {step} of {train_key:.16}".format(**record["train_resumed"])
         if record.get("error"):
             run_tags["bench.error"] = record["error"][:5000]
         for name, reason in (record.get("skipped_metrics") or {}).items():

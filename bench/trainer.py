@@ -9,6 +9,9 @@ seed, so a training is a pure function of (family, data, train config, seed).
 A training that fails (time budget, non-finite loss, a crash) is written to the store under its
 training key (kind ``failed-trainings``): every later case that needs that model fails fast with
 the same reason instead of training it again, until ``bench run --retry-failed`` clears the record.
+A time-budget failure of a training whose saved state (``train.checkpoint_every``,
+:mod:`bench.train_state`) advanced since its previous failure is recorded as resumable: it blocks
+nothing, and the next ``bench run`` resumes it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .device import autocast, grad_scaler, synchronize
 from .errors import CaseFailed
 from .rng import BatchRNG, derive_seed
 from .store import Store
+from .train_state import Start, capture, restore, saved_step
 
 FAILED_KIND = "failed-trainings"
 
@@ -39,7 +43,8 @@ class TrainingFailedBefore(CaseFailed):
 
 def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
           progress: Callable, check_deadline: Callable[[str], None], desc: str = "train",
-          device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
+          device: str = "cpu", precision: str = "fp32", start: Start | None = None,
+          save: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
     """Train ``family`` (already on ``device``) on the dataset's training split; returns the checkpoint
     dict (state, ema_state, loss_curve as [step, mean loss since the last point], train_time_s, steps).
 
@@ -48,8 +53,12 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
     number of workers), with labels ``loss(x, rng, labels=y)`` when ``family.wants_labels``; the
     training noise comes from a generator on ``device``. With bf16 or
     fp16 the loss is computed under autocast; fp16 scales it (:func:`bench.device.grad_scaler`),
-    unscaling the gradients before clipping."""
-    train_batches = batches(dataset, family, cfg, seed, device)
+    unscaling the gradients before clipping.
+
+    ``start``: a saved state to continue from (:mod:`bench.train_state`); ``save(state, finished)``
+    is called with the resumable state every ``checkpoint_every`` steps and after the last step. The
+    batches of a resumed training are those of steps ``start.step`` onwards of a straight run
+    (:func:`bench.batches.batches` with ``start``), so no batch generator state is saved."""
     params = [p for p in family.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scaler = grad_scaler(device, precision)
@@ -59,9 +68,22 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
     log_every = cfg["log_every"] or max(1, steps // 200)
     curve: list[list[float]] = []
     running, count = 0.0, 0
+    generators = {"noise": rng.generator}
+    first, before = 0, 0.0
+    if start is not None:
+        restore(start.state, family, ema, opt, scaler, generators)
+        first, before = start.step, float(start.state["train_time_s"])
+        curve, running, count = [list(p) for p in start.state["curve"]], start.state["running"], start.state["count"]
+    train_batches = batches(dataset, family, cfg, seed, device, start=first)
+    every = cfg.get("checkpoint_every") if save is not None else None
     family.train()
-    start = time.perf_counter()
-    bar = progress(range(steps), desc=desc, total=steps)
+    t0 = time.perf_counter()
+
+    def snapshot(done: int) -> dict[str, Any]:
+        return capture(done, family, ema, opt, scaler, generators, curve, running, count,
+                       before + time.perf_counter() - t0)
+
+    bar = progress(range(first, steps), desc=desc, total=steps - first)
     for step in bar:
         x, y = next(train_batches)
         if cfg["warmup"]:
@@ -96,9 +118,13 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
             running, count = 0.0, 0
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+        if every and (step + 1) % every == 0 and step + 1 < steps:
+            save(snapshot(step + 1), False)
         check_deadline("training")  # every step: a step is the unit of work the budget can stop at
     synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed = before + time.perf_counter() - t0
+    if every:
+        save(snapshot(steps), True)
     family.eval()
     state = {k: v.detach().clone() for k, v in family.state_dict().items()}
     ema_state = None
@@ -131,20 +157,34 @@ def load_checkpoint(path: Path, family: torch.nn.Module) -> dict[str, Any]:
 
 
 def record_failure(store: Store, key: str, error: str, timeout_s: float | None) -> None:
-    """Write that the training ``key`` failed with ``error`` (the case record's error line)."""
+    """Write that the training ``key`` failed with ``error`` (the case record's error line). A
+    time-budget failure is ``resumable`` when the training's saved state advanced since the previous
+    failure (or there was none): the next run resumes it instead of failing at once."""
+    time_budget = "time budget" in error
+    step = saved_step(store, key) if time_budget else None
+    previous = _failure_info(store, key) or {}
+    resumable = step is not None and (previous.get("progress_step") is None or step > previous["progress_step"])
     store.put(FAILED_KIND, key, lambda d: (d / "failure.json").write_text(json.dumps(
-        {"error": error, "timeout_s": timeout_s, "time_budget": "time budget" in error})))
+        {"error": error, "timeout_s": timeout_s, "time_budget": time_budget, "progress_step": step,
+         "resumable": resumable})))
 
 
-def earlier_failure(store: Store, key: str, timeout_s: float | None) -> str | None:
-    """The error line of an earlier failed training of ``key`` that applies to a case with budget
-    ``timeout_s``, else None. A time-budget failure does not apply to a case with a larger budget."""
+def _failure_info(store: Store, key: str) -> dict[str, Any] | None:
     entry = store.get(FAILED_KIND, key)
     if entry is None:
         return None
     try:
-        info = json.loads((entry / "failure.json").read_text())
+        return json.loads((entry / "failure.json").read_text())
     except (OSError, ValueError):
+        return None
+
+
+def earlier_failure(store: Store, key: str, timeout_s: float | None) -> str | None:
+    """The error line of an earlier failed training of ``key`` that applies to a case with budget
+    ``timeout_s``, else None. A time-budget failure does not apply to a case with a larger budget,
+    nor a resumable one (:func:`record_failure`) to any case."""
+    info = _failure_info(store, key)
+    if info is None or info.get("resumable"):
         return None
     if info.get("time_budget") and info.get("timeout_s") is not None:
         if timeout_s is None or timeout_s > info["timeout_s"]:
