@@ -385,6 +385,8 @@ class Tracker:
             run_tags["bench.device"] = str(record["device"])
         for k, v in (record.get("labels") or {}).items():
             run_tags[mlflow_key(f"bench.{k}")] = str(v)
+        if record.get("sample_seed") is not None:  # the seed of every draw after training (a case axis)
+            run_tags["bench.sample_seed"] = str(record["sample_seed"])
         for k, v in (record.get("versions") or {}).items():
             run_tags[mlflow_key(f"bench.version.{k}")] = str(v)
         if record.get("error"):
@@ -401,6 +403,8 @@ class Tracker:
         params = flatten(record.get("config") or {})
         if record.get("precision"):
             params["precision"] = record["precision"]
+        if record.get("sample_seed") is not None:
+            params["sample_seed"] = record["sample_seed"]
         metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v == v}  # drop NaN
         self._log(run_id, params=params, metrics=metrics, series=record.get("series") or {},
                   timestamp=int(record.get("finished", time.time()) * 1000))
