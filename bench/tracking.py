@@ -72,6 +72,19 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             if k and not any(is_secret_key(part) for part in k.split("."))}
 
 
+def interval_tags(metrics: dict[str, float]) -> dict[str, str]:
+    """``<key>_ci`` = ``"[lo, hi]"`` for every metric logged with its per-case interval
+    (``<key>_ci_lo``, ``<key>_ci_hi``): one text column the MLflow UI shows beside the metric."""
+    out = {}
+    for name, lo in metrics.items():
+        if name.endswith("_ci_lo"):
+            key = name[: -len("_ci_lo")]
+            hi = metrics.get(f"{key}_ci_hi")
+            if hi is not None and lo == lo and hi == hi:
+                out[mlflow_key(f"{key}_ci")] = f"[{float(lo):.4g}, {float(hi):.4g}]"
+    return out
+
+
 def resolve_uri(uri: str | None) -> str:
     """The tracking URI to use: the argument, ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
     A relative SQLite path is made absolute (MLflow caches stores per URI string, so a relative one
@@ -393,6 +406,7 @@ class Tracker:
             run_tags["bench.error"] = record["error"][:5000]
         for name, reason in (record.get("skipped_metrics") or {}).items():
             run_tags[mlflow_key(f"bench.skipped.{name}")] = reason[:250]
+        run_tags.update(interval_tags(record.get("metrics") or {}))
         run_tags = {k: redact_text(v) for k, v in run_tags.items()}
         if self.parent_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_id
