@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -103,6 +104,7 @@ RUN_KEYS = ("device", "precision", "tf32")
 #: ``seeds`` (training seeds) and ``sample_seeds`` (sampling seeds), each a count N (seeds 0..N-1) or
 #: a list; ``--set seeds=3`` sets the default and every entry's
 SEED_KEYS = ("seeds", "sample_seeds")
+MAX_SEEDS = 10_000  # per seed axis: a larger count is a typo, not a plan
 
 
 class Matrix(_Strict):
@@ -270,11 +272,16 @@ def _load_with_includes(path: Path, stack: tuple[Path, ...]) -> tuple[dict, Posi
     merged_pos: Positions = {}
     for i, inc in enumerate(includes):
         loc = locate(positions, ("include", i) if isinstance(data["include"], list) else ("include",))
-        inc_path = (path.parent / inc).resolve()
+        try:
+            inc_path = (path.parent / inc).resolve()
+            found = inc_path.is_file()
+        except (OSError, ValueError) as exc:  # a name the file system refuses (too long, NUL)
+            shown = inc if len(inc) <= 80 else inc[:60] + f"... ({len(inc):,} characters)"
+            raise SuiteError(f"included file cannot be opened: {shown} ({type(exc).__name__})", loc) from None
         if inc_path in stack or inc_path == path.resolve():
             chain = " -> ".join(p.name for p in (*stack, inc_path))
             raise SuiteError(f"include cycle: {chain}", loc)
-        if not inc_path.exists():
+        if not found:
             raise SuiteError(f"included file not found: {inc}", loc)
         sub, sub_pos = _load_with_includes(inc_path, stack + (inc_path,))
         merged = _deep_merge(merged, sub)
@@ -598,12 +605,16 @@ def seed_list(value: Any, what: str, where: Location | None) -> list[int]:
         return isinstance(v, int) and not isinstance(v, bool)
 
     if is_int(value):
-        if value >= 1:
+        if 1 <= value <= MAX_SEEDS:
             return list(range(value))
+        if value > MAX_SEEDS:
+            raise SuiteError(f"{what}: {value:,} seeds is more than {MAX_SEEDS:,}", where)
         raise SuiteError(f"{what} must be a positive count or a list of seeds, got {value}", where,
                          f"{what}: 3 means the seeds 0, 1, 2")
     if isinstance(value, list) and value and all(is_int(v) and v >= 0 for v in value):
-        repeated = sorted({v for v in value if value.count(v) > 1})
+        if len(value) > MAX_SEEDS:
+            raise SuiteError(f"{what}: {len(value):,} seeds is more than {MAX_SEEDS:,}", where)
+        repeated = sorted(v for v, k in Counter(value).items() if k > 1)
         if repeated:
             raise SuiteError(f"{what} lists seed {repeated[0]} more than once", where)
         return list(value)
@@ -648,7 +659,7 @@ def _suite_seeds(model: SuiteModel, positions: Positions, errors: ErrorCollector
 
 def _entry_seeds(norm: dict, kind: str, p: tuple, positions: Positions) -> dict[str, list[int]]:
     """A matrix entry's own ``seeds``/``sample_seeds`` (dataset and family entries only)."""
-    given = [k for k in SEED_KEYS if k in norm]
+    given = [k for k in SEED_KEYS if norm.get(k) is not None]  # null: not set, as in defaults
     if given and kind not in ("dataset", "family"):
         raise SuiteError(f"'{given[0]}' goes on a dataset or family entry or in defaults, not on a {kind}",
                          positions.get(p + (given[0], "__key__")) or locate(positions, p + (given[0],)))

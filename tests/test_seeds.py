@@ -169,3 +169,16 @@ def test_bench_run_logs_the_sample_seed_as_a_tag_and_param(workdir):
     assert set(runs["tags.bench.seed"]) == {"0"}
     by = dict(zip(runs["tags.bench.sample_seed"], runs["tags.bench.case_id"]))
     assert by == {"0": "sd/toy2d/moons/fitgauss/gauss/seed=0", "1": "sd/toy2d/moons/fitgauss/gauss/seed=0/sample_seed=1"}
+
+
+def test_a_huge_seed_count_is_refused_before_expanding(tmp_path):
+    code, lines = validate(tmp_path, suite_text("seeds: 1000000000"))
+    assert code == 2 and len(lines) == 1 and "seeds: 1,000,000,000 seeds is more than 10,000" in lines[0]
+
+
+def test_an_include_name_the_file_system_refuses_is_one_line(tmp_path):
+    """Found by the fuzz test of the shipped suites once results-diffusion-seeds.yaml joined them: an
+    ``include:`` of 300 characters raised OSError (File name too long), a traceback."""
+    code, lines = validate(tmp_path, "include: " + "x" * 300 + "\n" + suite_text())
+    assert code == 2 and len(lines) == 1 and "included file cannot be opened: xxxx" in lines[0], lines
+    assert LINE.match(lines[0])["line"] == "1"
