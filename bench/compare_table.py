@@ -90,14 +90,15 @@ def table_notes(table: Table, experiment: str, ignored: int) -> list[str]:
     else:
         notes.append("averaged over: nothing (each cell is one run)")
     units = {cell.unit for cell in table.cells.values() if cell.interval.kind == "t"}
-    if "t" in kinds:
+    if units & {SEEDS, NESTED}:
         notes.append("mean ± 95% half-width (n=seeds): Student-t interval over seeds")
     if NESTED in units:
         notes.append("n counts training seeds: each is first the mean over its sample seeds (the sample seeds of "
                      "one model share its training noise)")
     if SAMPLE_SEEDS in units:
-        notes.append("n counts sample seeds of one training seed: the seeds vary only in sampling, so the interval "
-                     "covers sampling noise only, not training noise")
+        notes.append("mean ± 95% half-width (n=sample seeds): Student-t interval over the sample seeds of one "
+                     "training seed: the seeds vary only in sampling, so the interval covers sampling noise only, "
+                     "not training noise")
     if "bootstrap" in kinds:
         notes.append(f"n=1 [lo, hi] bootstrap: the run's own 95% bootstrap interval "
                      f"({table.metric}_ci_lo, {table.metric}_ci_hi), not a spread over seeds")

@@ -363,7 +363,9 @@ def test_seeds_that_vary_only_in_sampling_are_said_to():
     assert table.diffs[("b", "s")][0].p == pytest.approx(ref.pvalue)
     notes = table_notes(table, "e", 0)
     assert "averaged over: sample_seed" in notes
-    assert any("the seeds vary only in sampling, so the interval covers sampling noise only" in n for n in notes)
+    assert any("(n=sample seeds): Student-t interval over the sample seeds of one training seed: the seeds vary "
+               "only in sampling, so the interval covers sampling noise only" in n for n in notes)
+    assert not any("(n=seeds)" in n for n in notes)
     one = build_table(filter_runs(frame, ["sample_seed=2"]), "family", "sampler", "fid")  # --where sample_seed
     assert one.cells[("a", "s")].interval.n == 1
 
