@@ -66,10 +66,15 @@ def load_runs(experiment: str | None, uri: str | None):
     if df.empty:
         raise UserError(f"experiment '{experiment}' has no case runs")
     latest = df.drop_duplicates(subset=["tags.bench.case_id"], keep="first")
-    if "tags.bench.sample_seed" in latest.columns and "tags.bench.seed" in latest.columns:
-        # runs logged before sample seeds existed sampled with their training seed
-        latest = latest.assign(**{"tags.bench.sample_seed": latest["tags.bench.sample_seed"].fillna(latest["tags.bench.seed"])})
-    return latest, experiment, len(df) - len(latest)
+    return fill_sample_seed(latest), experiment, len(df) - len(latest)
+
+
+def fill_sample_seed(df):
+    """Runs logged before sample seeds existed have no ``bench.sample_seed`` tag: they sampled with
+    their training seed, which fills the tag where other runs of the experiment have one."""
+    if "tags.bench.sample_seed" in df.columns and "tags.bench.seed" in df.columns:
+        return df.assign(**{"tags.bench.sample_seed": df["tags.bench.sample_seed"].fillna(df["tags.bench.seed"])})
+    return df
 
 
 def natural_key(text: Any) -> list:

@@ -398,3 +398,14 @@ def test_the_plot_legend_gives_n_and_the_bars_are_the_intervals(tmp_path, monkey
     iv = build_table(frame, "family", "nfe", "fid").cells[("a", "10.0")].interval
     assert [label for label, _ in seen] == ["a (n=3)", "b (n=3)"]
     assert np.allclose(seen[0][1].ravel(), [iv.mean - iv.lo, iv.hi - iv.mean])
+
+
+def test_runs_logged_before_sample_seeds_pair_with_new_ones_by_their_training_seed():
+    from bench.compare import add_baseline, build_table, fill_sample_seed
+
+    frame = seed_frame([(0, 0), (1, 1), (2, 2)])
+    old = frame["tags.bench.family"] == "a"  # family a was logged before the sample_seed tag existed
+    frame.loc[old, "tags.bench.sample_seed"] = None
+    table = build_table(fill_sample_seed(frame), "family", "sampler", "fid")
+    add_baseline(table, "family=a")
+    assert table.diffs[("b", "s")][0].kind == "paired" and table.diffs[("b", "s")][0].n == 3
