@@ -409,3 +409,23 @@ def test_runs_logged_before_sample_seeds_pair_with_new_ones_by_their_training_se
     table = build_table(fill_sample_seed(frame), "family", "sampler", "fid")
     add_baseline(table, "family=a")
     assert table.diffs[("b", "s")][0].kind == "paired" and table.diffs[("b", "s")][0].n == 3
+
+
+def test_power_with_sample_seeds_divides_the_sampling_part_by_their_number(monkeypatch):
+    """Each training seed of a nested pilot is the mean of k sample seeds: its sampling variance is the
+    per-case variance over k. With one training seed, the counts are sample seeds, and it says so."""
+    import bench.power
+    from bench.power import power_report
+
+    frame = seed_frame([(s, t) for s in (0, 1, 2) for t in (10, 11)])
+    frame["metrics.fid_ci_lo"], frame["metrics.fid_ci_hi"] = frame["metrics.fid"] - 0.2, frame["metrics.fid"] + 0.2
+    frame["params.eval.num_samples"] = "1000"
+    monkeypatch.setattr(bench.power, "load_runs", lambda e, u: (frame[frame["tags.bench.sample_seed"].notna()], e, 0))
+    text = power_report("e", None, "fid", 0.5, [], "family", "sampler")
+    s_case = 0.4 / (2 * 1.959964)
+    assert f"{s_case:.4g} per run, {s_case / math.sqrt(2):.4g} per seed (the mean of 2 sample seeds)" in text
+    assert f"{math.sqrt(2) * s_case / math.sqrt(2):.4g} for a difference" in text
+    assert "sample seeds needed" not in text
+    monkeypatch.setattr(bench.power, "load_runs", lambda e, u: (seed_frame([(0, t) for t in range(4)]), e, 0))
+    assert "these are sample seeds needed, and training noise is not counted" in \
+        power_report("e", None, "fid", 0.5, [], "family", "sampler")
