@@ -10,12 +10,14 @@ Aggregation rules (docs/suites.md, "Comparing runs"):
 - only the latest run of each case id counts (an older run of the same case, e.g. from an older
   plugin version, is ignored); a cell whose runs carry different ``bench.version`` /
   ``bench.plugin.*`` / ``bench.version.*`` tags is flagged;
-- seeds (``seed``, ``sample_seed``) are the replicates: a cell is the mean over its seeds with a
-  95% Student-t interval (bench.stats); any other axis that takes several values inside one cell
-  must be named in ``--average`` (per seed, its values are averaged first), otherwise the table is
-  refused;
+- seeds (``seed``, ``sample_seed``) are the replicates: a cell is the mean over its independent
+  replicates (:func:`bench.compare_table.replicate_units`: training seeds, each first averaged over
+  its sample seeds, or the sample seeds of one training seed) with a 95% Student-t interval
+  (bench.stats); any other axis that takes several values inside one cell must be named in
+  ``--average`` (per seed, its values are averaged first), otherwise the table is refused;
 - ``--baseline KEY=VALUE`` adds each row's difference against the baseline row (bench.stats:
-  paired by seed, else Welch), with Benjamini-Hochberg adjusted p-values over all comparisons.
+  paired by seed and sample seed, else Welch), with Benjamini-Hochberg adjusted p-values over all
+  comparisons.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .compare_table import (REPLICATES, Cell, Table, csv_rows, render_csv, render_markdown, render_text,
-                            table_notes)
+                            replicate_units, table_notes)
 from .errors import UserError, did_you_mean
 from .stats import Z95, Difference, Interval, benjamini_hochberg, paired_difference, t_interval, welch_difference
 from .tracking import _quiet_mlflow, resolve_uri, search_runs_frame
@@ -64,7 +66,15 @@ def load_runs(experiment: str | None, uri: str | None):
     if df.empty:
         raise UserError(f"experiment '{experiment}' has no case runs")
     latest = df.drop_duplicates(subset=["tags.bench.case_id"], keep="first")
-    return latest, experiment, len(df) - len(latest)
+    return fill_sample_seed(latest), experiment, len(df) - len(latest)
+
+
+def fill_sample_seed(df):
+    """Runs logged before sample seeds existed have no ``bench.sample_seed`` tag: they sampled with
+    their training seed, which fills the tag where other runs of the experiment have one."""
+    if "tags.bench.sample_seed" in df.columns and "tags.bench.seed" in df.columns:
+        return df.assign(**{"tags.bench.sample_seed": df["tags.bench.sample_seed"].fillna(df["tags.bench.seed"])})
+    return df
 
 
 def natural_key(text: Any) -> list:
@@ -140,10 +150,12 @@ def _check_average(df, average: Sequence[str]) -> None:
 
 
 def _averaged_axes(frame, axes: list[str]) -> dict[str, list[str]]:
-    """Axis -> its values, for every axis that takes several values inside some cell."""
+    """Axis -> its values, for every axis that takes several values inside some cell (the sample seed
+    only where it varies within a training seed: otherwise it follows the seed)."""
     out: dict[str, list[str]] = {}
     for axis in axes:
-        counts = frame.groupby(["_row", "_col"])[f"tags.bench.{axis}"].nunique(dropna=False)
+        by = ["_row", "_col"] + (["tags.bench.seed"] if axis == "sample_seed" and "seed" in axes else [])
+        counts = frame.groupby(by, dropna=False)[f"tags.bench.{axis}"].nunique(dropna=False)
         if (counts > 1).any():
             out[axis] = sorted(frame[f"tags.bench.{axis}"].dropna().astype(str).unique(), key=natural_key)
     return out
@@ -183,9 +195,10 @@ def build_table(df, rows: str, cols: str, metric: str, average: Sequence[str] = 
     for (r, c), sub in frame.groupby(["_row", "_col"]):
         if replicates:
             grouped = sub.groupby([f"tags.bench.{a}" for a in replicates], dropna=False)[value].mean()
-            units = {(k if isinstance(k, tuple) else (k,)): float(v) for k, v in grouped.items()}
+            raw = {(k if isinstance(k, tuple) else (k,)): float(v) for k, v in grouped.items()}
         else:
-            units = {(): float(sub[value].mean())}
+            raw = {(): float(sub[value].mean())}
+        units, unit = replicate_units(raw, replicates)
         if len(units) >= 2:
             interval = t_interval(list(units.values()))
         else:
@@ -193,9 +206,9 @@ def build_table(df, rows: str, cols: str, metric: str, average: Sequence[str] = 
             interval = _per_case_interval(sub.iloc[0], metric, v) if len(sub) == 1 else Interval(v, math.nan, math.nan, 1, "single")
         mixed = {col[len("tags."):]: sorted(sub[col].fillna("-").astype(str).unique())
                  for col in version_cols if sub[col].fillna("-").nunique() > 1}
-        cells[(r, c)] = Cell(units, interval, mixed)
+        cells[(r, c)] = Cell(units, interval, mixed, raw, unit)
     table = Table(metric, rows, cols, cells, sorted({k[0] for k in cells}, key=natural_key),
-                  sorted({k[1] for k in cells}, key=natural_key), list(averaged))
+                  sorted({k[1] for k in cells}, key=natural_key), list(averaged), replicates=replicates)
     if missing:
         table.notes.append(f"{missing} run(s) without a value for {metric} left out (failed or not measured)")
     return table
@@ -216,13 +229,16 @@ def add_baseline(table: Table, baseline: str) -> None:
                         hint=f"did you mean '{close}'?" if close else f"rows: {', '.join(table.row_order)}")
     table.baseline = val
     found: dict[tuple[str, str], Difference] = {}
+    names = [a for a in REPLICATES if a in table.replicates]
     for (r, c), cell in table.cells.items():
         base = table.cells.get((val, c))
         if r == val or base is None:
             continue
-        common = sorted(set(cell.units) & set(base.units))
-        if len(common) >= 2 and common != [()]:
-            found[(r, c)] = paired_difference([cell.units[k] for k in common], [base.units[k] for k in common])
+        common = sorted(set(cell.raw) & set(base.raw))  # the same (seed, sample seed) on both sides
+        mine, theirs = (replicate_units({k: side.raw[k] for k in common}, names)[0] for side in (cell, base))
+        if len(mine) >= 2 and common != [()]:
+            keys = sorted(mine)
+            found[(r, c)] = paired_difference([mine[k] for k in keys], [theirs[k] for k in keys])
         elif len(cell.units) >= 2 and len(base.units) >= 2:
             found[(r, c)] = welch_difference(list(cell.units.values()), list(base.units.values()))
     q = benjamini_hochberg([d.p for d in found.values()])
@@ -259,7 +275,7 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
 
 def write_plot(df, experiment: str, metric: str, x: str, group: str, path: Path, average: Sequence[str]) -> Path:
     """``metric`` against ``x`` (a metric, e.g. nfe), one line per ``group``, with 95% error bars;
-    each point follows the table's aggregation rules."""
+    each point follows the table's aggregation rules, and the legend gives each line's n."""
     import pandas as pd
 
     from .plots import line_plot
@@ -268,7 +284,11 @@ def write_plot(df, experiment: str, metric: str, x: str, group: str, path: Path,
         metrics = sorted(c[len("metrics."):] for c in df.columns if c.startswith("metrics."))
         raise UserError(f"--x: no metric '{x}'", hint=f"metrics: {', '.join(metrics)}")
     table = build_table(df[df[f"metrics.{x}"].notna()], group, x, metric, average)
-    points = pd.DataFrame([{group: r, x: float(c), metric: cell.interval.mean, "lo": cell.interval.lo,
+    ns: dict[str, set[int]] = {}
+    for (r, _), cell in table.cells.items():
+        ns.setdefault(r, set()).add(cell.interval.n)
+    shown = {r: f"{r} (n={min(n)})" if len(n) == 1 else f"{r} (n={min(n)}-{max(n)})" for r, n in ns.items()}
+    points = pd.DataFrame([{group: shown[r], x: float(c), metric: cell.interval.mean, "lo": cell.interval.lo,
                             "hi": cell.interval.hi} for (r, c), cell in table.cells.items()])
     floor_col = f"metrics.{metric}_floor"
     floor = float(df[floor_col].mean()) if floor_col in df.columns else None

@@ -7,19 +7,47 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .stats import Difference, Interval
 
 REPLICATES = ("seed", "sample_seed")
 ALPHA = 0.05  # a difference is marked when its Benjamini-Hochberg q is at most this
 
+#: what a cell's n counts (:func:`replicate_units`)
+SEEDS, NESTED, SAMPLE_SEEDS = "seeds", "seeds of sample seeds", "sample seeds"
+
 
 @dataclass
 class Cell:
-    """One (row, column) of the table: the per-seed values and their interval."""
+    """One (row, column) of the table: its independent replicates (``units``), their interval, and
+    the per-(seed, sample seed) values they come from (``raw``)."""
 
-    units: dict[tuple, float]  # replicate (seed, sample_seed) -> value (mean over --average axes)
+    units: dict[tuple, float]  # independent replicate -> value (see replicate_units)
     interval: Interval
     mixed: dict[str, list[str]]  # version tag -> the values found in this cell
+    raw: dict[tuple, float] = field(default_factory=dict)  # (seed, sample_seed) -> value (mean over --average axes)
+    unit: str = SEEDS  # what n counts: SEEDS, NESTED or SAMPLE_SEEDS
+
+
+def replicate_units(raw: dict[tuple, float], names: list[str]) -> tuple[dict[tuple, float], str]:
+    """The independent replicates of a cell from its values keyed by the replicate axes ``names``
+    (``seed``, ``sample_seed``, those present). Several training seeds, some sampled with several
+    sample seeds: the sample seeds of one model share its training noise, so each training seed is
+    first the mean over its sample seeds and n counts training seeds (NESTED). One training seed
+    and several sample seeds: n counts sample seeds, whose spread is sampling noise only
+    (SAMPLE_SEEDS). Otherwise every (seed, sample seed) is one training seed (SEEDS)."""
+    if "seed" not in names or "sample_seed" not in names:
+        return raw, SEEDS
+    i = names.index("seed")
+    seeds: dict[tuple, list[float]] = {}
+    for key, value in raw.items():
+        seeds.setdefault((key[i],), []).append(value)
+    if len(seeds) == len(raw):
+        return raw, SEEDS
+    if len(seeds) == 1:
+        return raw, SAMPLE_SEEDS
+    return {k: float(np.mean(v)) for k, v in seeds.items()}, NESTED
 
 
 @dataclass
@@ -32,6 +60,7 @@ class Table:
     col_order: list[str]
     averaged: list[str]
     notes: list[str] = field(default_factory=list)
+    replicates: list[str] = field(default_factory=list)  # the replicate axes present (``seed``, ``sample_seed``)
     baseline: str | None = None
     diffs: dict[tuple[str, str], tuple[Difference, float]] = field(default_factory=dict)
 
@@ -47,7 +76,7 @@ def format_cell(iv: Interval) -> str:
 
 def format_diff(d: Difference, q: float) -> str:
     mark = " *" if q <= ALPHA else ""
-    return f"{d.mean:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}] p={d.p:.2g} q={q:.2g} {d.kind}{mark}"
+    return f"{d.mean:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}] p={d.p:.2g} q={q:.2g} {d.kind} n={d.n}{mark}"
 
 
 def table_notes(table: Table, experiment: str, ignored: int) -> list[str]:
@@ -60,8 +89,16 @@ def table_notes(table: Table, experiment: str, ignored: int) -> list[str]:
         notes.append("averaged over: " + ", ".join(reps + [f"{a} (--average; per seed first)" for a in others]))
     else:
         notes.append("averaged over: nothing (each cell is one run)")
-    if "t" in kinds:
+    units = {cell.unit for cell in table.cells.values() if cell.interval.kind == "t"}
+    if units & {SEEDS, NESTED}:
         notes.append("mean ± 95% half-width (n=seeds): Student-t interval over seeds")
+    if NESTED in units:
+        notes.append("n counts training seeds: each is first the mean over its sample seeds (the sample seeds of "
+                     "one model share its training noise)")
+    if SAMPLE_SEEDS in units:
+        notes.append("mean ± 95% half-width (n=sample seeds): Student-t interval over the sample seeds of one "
+                     "training seed: the seeds vary only in sampling, so the interval covers sampling noise only, "
+                     "not training noise")
     if "bootstrap" in kinds:
         notes.append(f"n=1 [lo, hi] bootstrap: the run's own 95% bootstrap interval "
                      f"({table.metric}_ci_lo, {table.metric}_ci_hi), not a spread over seeds")
@@ -74,8 +111,9 @@ def table_notes(table: Table, experiment: str, ignored: int) -> list[str]:
         notes.append("† the cell mixes versions: " + "; ".join(mixed))
     if table.baseline is not None:
         m = len(table.diffs)
-        notes.append(f"difference vs {table.rows}={table.baseline}: mean [95% interval], p, q; paired by seed where "
-                     f"two or more seeds match, else Welch (unpaired); q = Benjamini-Hochberg adjusted p over {m} "
+        notes.append(f"difference vs {table.rows}={table.baseline}: mean [95% interval], p, q, test, n; paired by "
+                     f"seed and sample seed where two or more match (n pairs, counted as the cells' n), else Welch "
+                     f"(unpaired, n of both cells); q = Benjamini-Hochberg adjusted p over {m} "
                      f"comparison(s); * = q <= {ALPHA:g} (false discovery rate {ALPHA:.0%}); intervals are not adjusted")
     return notes + table.notes
 
@@ -139,11 +177,13 @@ def csv_rows(table: Table) -> list[dict[str, Any]]:
                 continue
             iv = cell.interval
             row = {"row": r, "col": c, "metric": table.metric, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi,
-                   "n": iv.n, "interval": iv.kind, "mixed_versions": "; ".join(cell.mixed)}
+                   "n": iv.n, "interval": iv.kind, "mixed_versions": "; ".join(cell.mixed),
+                   "half_width": iv.half_width, "n_counts": cell.unit}
             if table.baseline is not None:
                 d, q = table.diffs.get((r, c), (None, math.nan))
                 row.update({"diff": d.mean if d else math.nan, "diff_lo": d.lo if d else math.nan,
-                            "diff_hi": d.hi if d else math.nan, "p": d.p if d else math.nan, "q": q,
+                            "diff_hi": d.hi if d else math.nan, "diff_n": d.n if d else math.nan,
+                            "p": d.p if d else math.nan, "q": q,
                             "test": d.kind if d else ("baseline" if r == table.baseline else ""),
                             "significant": bool(d and q <= ALPHA)})
             out.append(row)

@@ -101,7 +101,8 @@ class MetricContext:
       held-out reference;
     - ``family``: the trained family (EMA weights), ``sampler``: the sampler;
     - ``params``: this metric's parameters from the suite;
-    - ``seed``, ``store``, ``build`` (as in :class:`BuildContext`);
+    - ``seed``: the case's sample seed (``sample_seeds`` in the suite; the training seed unless it sets
+      one): draw the metric's own randomness from it; ``store``, ``build`` (as in :class:`BuildContext`);
     - ``resample(n)``: draw ``n`` fresh samples with the case's sampler and return a
       :class:`SampleOutput` (timed, with NFE), for throughput measurements;
     - ``artifact_dir``: write files here and they are logged with the case;

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .compare import add_baseline, build_table, default_rows, filter_runs, load_runs, pick_metric
+from .compare_table import SAMPLE_SEEDS
 from .errors import UserError
 from .stats import Z95, normal_seeds, sd_at_samples, seeds_for_power
 
@@ -64,12 +65,19 @@ def power_report(experiment, uri, metric, delta: float, where, rows, cols, avera
              f"pilot: experiment '{experiment}', {len(table.cells)} cell(s), {dof} degrees of freedom; "
              f"per-seed sd of a difference {sd:.4g} ({what})",
              f"seeds needed: {n} (normal approximation {normal_seeds(sd, delta, alpha, power):.1f})"]
-    lines += _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides=2)
+    # a replicate that is the mean of k sample seeds of one model has 1/k of a run's sampling variance
+    per_unit = [len(c.raw) / len(c.units) for c in table.cells.values() if c.raw and len(c.units) >= 2]
+    k = float(np.mean(per_unit)) if per_unit else 1.0
+    if any(c.unit == SAMPLE_SEEDS for c in table.cells.values()):
+        lines.append("note: the pilot's replicates are sample seeds of one training seed: their spread is sampling "
+                     "noise only, so these are sample seeds needed, and training noise is not counted")
+    lines += _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides=2, per_unit=k)
     return "\n".join(lines)
 
 
-def _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides: int) -> list[str]:
-    """How seeds trade against samples when the per-case interval shrinks as 1/sqrt(samples)."""
+def _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides: int, per_unit: float = 1.0) -> list[str]:
+    """How seeds trade against samples when the per-case interval shrinks as 1/sqrt(samples);
+    ``per_unit``: runs (sample seeds) averaged into one replicate."""
     lo, hi, sem = (df.get(f"metrics.{metric}_{s}") for s in ("ci_lo", "ci_hi", "sem"))
     if lo is not None and hi is not None and (lo.notna() & hi.notna()).any():
         per_case = ((hi - lo) / (2 * Z95)).dropna()
@@ -79,11 +87,13 @@ def _sample_tradeoff(df, metric, sd, delta, alpha, power, paired_sides: int) -> 
     else:
         return [f"samples: no per-case interval ({metric}_ci_lo/_ci_hi or {metric}_sem) logged, so the "
                 f"sample-count trade-off is not available"]
-    sd_sampling = math.sqrt(paired_sides * float(np.mean(per_case.to_numpy(dtype=float) ** 2)))
+    sd_sampling = math.sqrt(paired_sides * float(np.mean(per_case.to_numpy(dtype=float) ** 2)) / per_unit)
     n0_col = df.get("params.eval.num_samples")
     n0 = float(np.median(n0_col.dropna().astype(float))) if n0_col is not None and n0_col.notna().any() else None
-    lines = [f"samples: per-case sd from {source}: {sd_sampling / math.sqrt(paired_sides):.4g} per run, "
-             f"{sd_sampling:.4g} for a difference"
+    lines = [f"samples: per-case sd from {source}: {sd_sampling * math.sqrt(per_unit / paired_sides):.4g} per run, "
+             + (f"{sd_sampling / math.sqrt(paired_sides):.4g} per seed (the mean of {per_unit:g} sample seeds), "
+                if per_unit > 1 else "")
+             + f"{sd_sampling:.4g} for a difference"
              + (f", at {n0:g} samples" if n0 else "") + "; assumed to scale as 1/sqrt(samples)"]
     if sd_sampling > sd:
         lines.append("  (the per-case sd exceeds the per-seed sd: training noise taken as 0)")

@@ -211,7 +211,8 @@ class CaseRunner:
 
     def sample(self, family, sampler, n: int, start_index: int = 0, stream: str = "sample") -> SampleOutput:
         """``n`` samples drawn on the case's device, under autocast for bf16/fp16 (returned in float32
-        on the CPU, where metrics read them); the time is the device's (:class:`DeviceClock`)."""
+        on the CPU, where metrics read them); the time is the device's (:class:`DeviceClock`). Sample
+        ``i`` draws from the stream of (sample seed, ``stream``, ``i``): the training seed plays no part."""
         bs = self.case.eval["batch_size"]
         device = self.case.device
         limit = self.case.budget.get("max_nfe")
@@ -230,7 +231,7 @@ class CaseRunner:
         try:
             clock.start()
             with counter.attached(modules), torch.set_grad_enabled(grad):
-                for rng in sample_batches(self.case.seed, start_index, n, bs, stream, device=device):
+                for rng in sample_batches(self.case.sample_seed, start_index, n, bs, stream, device=device):
                     counter.new_batch()
                     with autocast(device, self.case.precision):
                         x = sampler.sample(family, rng)
@@ -270,7 +271,7 @@ class CaseRunner:
             mdir.mkdir(exist_ok=True)
             mctx = MetricContext(samples, dataset, family, sampler,
                                  {k: v for k, v in spec.items() if k not in ("name", "id")},
-                                 self.case.seed, self.store, mdir, ctx, resample,
+                                 self.case.sample_seed, self.store, mdir, ctx, resample,
                                  dict(self.timer.seconds), self.metrics.get("nfe"), self.case.config())
             try:
                 with self.timer.phase(f"metric:{name}"):
@@ -285,6 +286,7 @@ class CaseRunner:
     def run(self) -> dict[str, Any]:
         case = self.case
         record: dict[str, Any] = {"case_id": case.id, "case_hash": case.hash, "train_key": case.train_key,
+                                  "sample_seed": case.sample_seed,
                                   "status": "running", "labels": case.labels(), "config": case.config(), "versions": case.versions,
                                   "device": case.device, "precision": case.precision, "started": time.time()}
         (self.dir / "case.yaml").write_text(dump_yaml(redact_secrets({"id": case.id, "hash": case.hash,

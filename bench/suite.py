@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -86,6 +87,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class Defaults(_Strict):
+    seeds: Any = None  # training seeds: a count or a list (checked by seed_list, to give one line)
+    sample_seeds: Any = None  # sampling seeds: likewise; None: each case samples with its training seed
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     budget: BudgetConfig = BudgetConfig()
@@ -110,6 +113,11 @@ METRIC_PARAMS = "metric_params"
 #: where and in what precision a case runs (bench.device): scalars a matrix entry may override too;
 #: ``--set device=...`` sets them everywhere
 RUN_KEYS = ("device", "precision", "tf32")
+#: the seed axes a suite's ``defaults`` holds and a dataset or family matrix entry may override:
+#: ``seeds`` (training seeds) and ``sample_seeds`` (sampling seeds), each a count N (seeds 0..N-1) or
+#: a list; ``--set seeds=3`` sets the default and every entry's
+SEED_KEYS = ("seeds", "sample_seeds")
+MAX_SEEDS = 10_000  # per seed axis: a larger count is a typo, not a plan
 
 
 class Matrix(_Strict):
@@ -139,7 +147,11 @@ class SuiteModel(_Strict):
 
 @dataclass
 class Case:
-    """One (dataset, family, sampler, seed) combination with everything resolved."""
+    """One (dataset, family, sampler, seed, sample_seed) combination with everything resolved.
+
+    ``seed`` drives the data, the initialisation and training; ``sample_seed`` every draw after
+    training (samples, metric randomness). It defaults to ``seed``, and only a sample seed that
+    differs from it enters the id, the labels and the config (so cases without one keep theirs)."""
 
     suite: str
     dataset: dict[str, Any]
@@ -155,16 +167,27 @@ class Case:
     device: str = "cpu"  # resolved (bench.device): provenance, not hashed
     precision: str = "fp32"
     tf32: bool | None = None
+    sample_seed: int | None = None  # None: the training seed
+
+    def __post_init__(self) -> None:
+        if self.sample_seed is None:
+            self.sample_seed = self.seed
+
+    def _own_sample_seed(self) -> dict[str, int]:
+        """``{"sample_seed": N}`` when the case samples with another seed than it trained with, else {}."""
+        return {} if self.sample_seed == self.seed else {"sample_seed": self.sample_seed}
 
     @property
     def id(self) -> str:
         labels = self.labels()
-        return "/".join([self.suite, labels["dataset"], labels["family"], labels["sampler"], f"seed={self.seed}"])
+        parts = [self.suite, labels["dataset"], labels["family"], labels["sampler"], f"seed={self.seed}"]
+        return "/".join(parts + [f"{k}={v}" for k, v in self._own_sample_seed().items()])
 
     def labels(self) -> dict[str, str]:
         """Short names of the axes: the spec's ``id`` or ``name[params the user set]``."""
         return {"dataset": label(self.dataset), "family": label(self.family),
-                "sampler": label(self.sampler) if self.sampler else "no-sampler", "seed": str(self.seed)}
+                "sampler": label(self.sampler) if self.sampler else "no-sampler", "seed": str(self.seed),
+                **{k: str(v) for k, v in self._own_sample_seed().items()}}
 
     def config(self) -> dict[str, Any]:
         """The resolved case config: what is hashed (less ``UNHASHED_TRAIN_KEYS``), logged as params
@@ -172,7 +195,7 @@ class Case:
         train = {k: v for k, v in self.train.items() if k not in UNHASHED_TRAIN_KEYS or v != UNHASHED_TRAIN_KEYS[k]}
         return {"dataset": self.dataset, "family": self.family, "sampler": self.sampler,
                 "metrics": self.metrics, "train": train, "eval": self.eval,
-                "budget": self.budget, "seed": self.seed, **self.numerics()}
+                "budget": self.budget, "seed": self.seed, **self._own_sample_seed(), **self.numerics()}
 
     def numerics(self) -> dict[str, Any]:
         """Precision and TF32 where they differ from the defaults (fp32, torch's TF32 setting): they
@@ -192,7 +215,7 @@ class Case:
     @property
     def train_key(self) -> str:
         """Training depends on dataset, family (with noise, schedule, network), train and seed only:
-        cases that differ in sampler or metrics share it (train once, sample many)."""
+        cases that differ in sampler, metrics or sample seed share it (train once, sample many)."""
         return content_key("train", *self._training_inputs(hashed_train(self.train)))
 
     @property
@@ -217,7 +240,7 @@ class Case:
                    metrics=d["metrics"], train=d["train"], eval=d["eval"], budget=d["budget"],
                    seed=d["seed"], versions=d.get("versions", {}),
                    skipped_metrics=d.get("skipped_metrics", {}), device=d.get("device", "cpu"),
-                   precision=d.get("precision", "fp32"), tf32=d.get("tf32"))
+                   precision=d.get("precision", "fp32"), tf32=d.get("tf32"), sample_seed=d.get("sample_seed"))
 
 
 @dataclass
@@ -274,11 +297,16 @@ def _load_with_includes(path: Path, stack: tuple[Path, ...]) -> tuple[dict, Posi
     merged_pos: Positions = {}
     for i, inc in enumerate(includes):
         loc = locate(positions, ("include", i) if isinstance(data["include"], list) else ("include",))
-        inc_path = (path.parent / inc).resolve()
+        try:
+            inc_path = (path.parent / inc).resolve()
+            found = inc_path.is_file()
+        except (OSError, ValueError) as exc:  # a name the file system refuses (too long, NUL)
+            shown = inc if len(inc) <= 80 else inc[:60] + f"... ({len(inc):,} characters)"
+            raise SuiteError(f"included file cannot be opened: {shown} ({type(exc).__name__})", loc) from None
         if inc_path in stack or inc_path == path.resolve():
             chain = " -> ".join(p.name for p in (*stack, inc_path))
             raise SuiteError(f"include cycle: {chain}", loc)
-        if not inc_path.exists():
+        if not found:
             raise SuiteError(f"included file not found: {inc}", loc)
         sub, sub_pos = _load_with_includes(inc_path, stack + (inc_path,))
         merged = _deep_merge(merged, sub)
@@ -305,7 +333,7 @@ def apply_overrides(data: dict, positions: Positions, overrides: list[str]) -> N
         except SuiteError as exc:
             raise SuiteError(f"--set {key}: {exc.message}", Location("--set")) from None
         parts = key.split(".")
-        if parts == [parts[0]] and parts[0] in RUN_KEYS:  # everywhere: defaults and every matrix entry
+        if parts == [parts[0]] and parts[0] in RUN_KEYS + SEED_KEYS:  # everywhere: defaults and every matrix entry
             for axis in ("dataset", "family", "sampler"):
                 for entry in (data.get("matrix") or {}).get(axis) or []:
                     if isinstance(entry, dict) and parts[0] in entry:
@@ -472,7 +500,7 @@ class _Resolver:
             problem = name_problem(str(spec["id"]))
             if problem:
                 raise SuiteError(f"{kind} id {problem}", locate(self.positions, path + ("id",)))
-        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS + RUN_KEYS
+        params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS + RUN_KEYS + SEED_KEYS
                   and not (kind == "dataset" and k == METRIC_PARAMS)}
 
         def nested(key: str, sub_kind: str, sub_spec: Any) -> dict[str, Any]:
@@ -503,10 +531,11 @@ def _section(spec: dict, key: str, model: type[BaseModel], base: dict, path: tup
         raise _validation_error(exc, positions, path + (key,), model) from None
 
 
-def _matches(rule: dict[str, Any], axes: dict[str, dict | None], seed: int) -> bool:
+def _matches(rule: dict[str, Any], axes: dict[str, dict | None], seeds: dict[str, int]) -> bool:
+    """Whether an exclude rule matches a case: ``seeds`` holds its ``seed`` and ``sample_seed``."""
     for key, want in rule.items():
-        if key == "seed":
-            if want != seed:
+        if key in seeds:
+            if want != seeds[key]:
                 return False
             continue
         spec = axes.get(key)
@@ -580,7 +609,7 @@ def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries
     build = _CaseBuilder(model, metrics, regs, versions, positions, resolver)
     pruned: list[Pruned] = []
     unique: dict[str, Case] = {}
-    for case in [*_product_cases(model, axes, build, pruned, errors),
+    for case in [*_product_cases(model, axes, build, pruned, errors, _suite_seeds(model, positions, errors)),
                  *_include_cases(model, resolver, build, positions, errors)]:
         unique.setdefault(case.id, case)
     if own:
@@ -592,6 +621,74 @@ def expand(model: SuiteModel, data: dict, positions: Positions, regs: Registries
 
 #: one matrix entry: its resolved spec (None for a ``null`` sampler) and its case-section overrides
 _AxisEntry = tuple[Optional[dict], dict]
+
+
+def seed_list(value: Any, what: str, where: Location | None) -> list[int]:
+    """The seeds a ``seeds``/``sample_seeds`` value means: a count ``N`` is the seeds ``0..N-1``, a list
+    is taken as written (distinct non-negative integers). Anything else is one located error."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(value):
+        if 1 <= value <= MAX_SEEDS:
+            return list(range(value))
+        if value > MAX_SEEDS:
+            raise SuiteError(f"{what}: {value:,} seeds is more than {MAX_SEEDS:,}", where)
+        raise SuiteError(f"{what} must be a positive count or a list of seeds, got {value}", where,
+                         f"{what}: 3 means the seeds 0, 1, 2")
+    if isinstance(value, list) and value and all(is_int(v) and v >= 0 for v in value):
+        if len(value) > MAX_SEEDS:
+            raise SuiteError(f"{what}: {len(value):,} seeds is more than {MAX_SEEDS:,}", where)
+        repeated = sorted(v for v, k in Counter(value).items() if k > 1)
+        if repeated:
+            raise SuiteError(f"{what} lists seed {repeated[0]} more than once", where)
+        return list(value)
+    shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) <= 60 else type(value).__name__
+    raise SuiteError(f"{what} must be a count or a non-empty list of non-negative integers, got {shown}", where,
+                     f"{what}: 3 means the seeds 0, 1, 2; or {what}: [0, 5, 9]")
+
+
+@dataclass
+class _SeedAxes:
+    """The training and sampling seeds of the cases: the suite's (``defaults.seeds``, else the older
+    ``matrix.seed`` list, else the top-level ``seed``), overridden by the dataset entry's, then by the
+    family entry's. ``sample`` None: each case samples with its training seed."""
+
+    train: list[int]
+    sample: list[int] | None
+
+    def for_entries(self, extras: list[dict]) -> tuple[list[int], list[int] | None]:
+        train, sample = self.train, self.sample
+        for extra in extras:
+            train = extra.get("seeds", {}).get("seeds", train)
+            sample = extra.get("seeds", {}).get("sample_seeds", sample)
+        return train, sample
+
+
+def _suite_seeds(model: SuiteModel, positions: Positions, errors: ErrorCollector) -> _SeedAxes:
+    out: dict[str, list[int] | None] = {"seeds": None, "sample_seeds": None}
+    for key in SEED_KEYS:
+        value = getattr(model.defaults, key)
+        if value is not None:
+            try:
+                out[key] = seed_list(value, key, locate(positions, ("defaults", key)))
+            except UserError as exc:
+                errors.add(exc)
+    if model.matrix.seed is not None and model.defaults.seeds is not None:
+        errors.add(SuiteError("matrix.seed and defaults.seeds both give the training seeds",
+                              locate(positions, ("matrix", "seed")),
+                              "keep defaults.seeds (matrix.seed: [..] is its older spelling)"))
+    train = out["seeds"] or model.matrix.seed or [model.seed]
+    return _SeedAxes(train, out["sample_seeds"])
+
+
+def _entry_seeds(norm: dict, kind: str, p: tuple, positions: Positions) -> dict[str, list[int]]:
+    """A matrix entry's own ``seeds``/``sample_seeds`` (dataset and family entries only)."""
+    given = [k for k in SEED_KEYS if norm.get(k) is not None]  # null: not set, as in defaults
+    if given and kind not in ("dataset", "family"):
+        raise SuiteError(f"'{given[0]}' goes on a dataset or family entry or in defaults, not on a {kind}",
+                         positions.get(p + (given[0], "__key__")) or locate(positions, p + (given[0],)))
+    return {k: seed_list(norm[k], k, locate(positions, p + (k,))) for k in given}
 
 
 def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions,
@@ -609,7 +706,7 @@ def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions
         try:
             norm = _normalize_spec(spec, kind, p, positions)
             sections = {s: norm[s] for s in CASE_SECTIONS + RUN_KEYS if s in norm}
-            extra = {"sections": sections, "path": p}
+            extra = {"sections": sections, "path": p, "seeds": _entry_seeds(norm, kind, p, positions)}
             if kind == "dataset" and METRIC_PARAMS in norm:
                 extra[METRIC_PARAMS] = norm[METRIC_PARAMS]
             out.append((resolver.resolve(kind, norm, p), extra))
@@ -618,7 +715,7 @@ def _axis(resolver: _Resolver, raw: list | None, kind: str, positions: Positions
     return out
 
 
-_CASE_AXES = ("dataset", "family", "sampler", "seed")
+_CASE_AXES = ("dataset", "family", "sampler", "seed", "sample_seed")
 
 
 def _check_exclude_rules(rules: list[dict[str, Any]], positions: Positions, errors: ErrorCollector) -> None:
@@ -626,7 +723,7 @@ def _check_exclude_rules(rules: list[dict[str, Any]], positions: Positions, erro
         for key in rule:
             if key not in _CASE_AXES:
                 close = did_you_mean(key, _CASE_AXES)
-                errors.add(SuiteError(f"exclude rules match on dataset, family, sampler or seed, not '{key}'",
+                errors.add(SuiteError(f"exclude rules match on dataset, family, sampler, seed or sample_seed, not '{key}'",
                                       positions.get(("exclude", i, key, "__key__"))
                                       or locate(positions, ("exclude", i)),
                                       f"did you mean '{close}'?" if close else None))
@@ -644,7 +741,8 @@ class _CaseBuilder:
     positions: Positions
     resolver: Any = None
 
-    def __call__(self, d: dict, f: dict, s: dict | None, seed: int, extras: list[dict]) -> Case:
+    def __call__(self, d: dict, f: dict, s: dict | None, seed: int, extras: list[dict],
+                 sample_seed: int | None = None) -> Case:
         sections = {"train": (TrainConfig, self.model.defaults.train.model_dump()),
                     "eval": (EvalConfig, self.model.defaults.eval.model_dump()),
                     "budget": (BudgetConfig, self.model.defaults.budget.model_dump())}
@@ -661,7 +759,7 @@ class _CaseBuilder:
                 metrics = self._metric_overrides(metrics, extra[METRIC_PARAMS], extra["path"] + (METRIC_PARAMS,))
         run = _run_keys(self.model.defaults, extras, self.positions)
         case = Case(self.model.name, d, f, s, metrics, values["train"], values["eval"], values["budget"], seed,
-                    **run)
+                    **run, sample_seed=sample_seed)
         case.versions = _versions_for(case, self.regs, self.versions)
         case.skipped_metrics = _metric_skips(self.regs, d, f, metrics)
         return case
@@ -720,21 +818,28 @@ def _run_keys(defaults: Defaults, extras: list[dict], positions: Positions) -> d
 
 
 def _product_cases(model: SuiteModel, axes: dict[str, list[_AxisEntry]], build: _CaseBuilder,
-                   pruned: list[Pruned], errors: ErrorCollector) -> list[Case]:
-    """The matrix: every (dataset, family, sampler, seed) not excluded; incompatible ones go to ``pruned``."""
+                   pruned: list[Pruned], errors: ErrorCollector, seeds: _SeedAxes) -> list[Case]:
+    """The matrix: every (dataset, family, sampler, seed, sample seed) not excluded; incompatible
+    ones go to ``pruned`` (once per training seed)."""
     out = []
-    seeds = model.matrix.seed or [model.seed]
-    for (d, dx), (f, fx), (s, sx), seed in itertools.product(axes["dataset"], axes["family"], axes["sampler"], seeds):
-        if any(_matches(rule, {"dataset": d, "family": f, "sampler": s}, seed) for rule in model.exclude):
-            continue
-        reason = _compatibility(build.regs, d, f, s)
-        if reason:
-            pruned.append(Pruned(label(d), label(f), label(s), seed, reason))
-            continue
-        try:
-            out.append(build(d, f, s, seed, [dx, fx, sx]))
-        except UserError as exc:  # a bad train/eval/budget override: met once per case, reported once
-            errors.add(exc)
+    for (d, dx), (f, fx), (s, sx) in itertools.product(axes["dataset"], axes["family"], axes["sampler"]):
+        train_seeds, sample_seeds = seeds.for_entries([dx, fx])
+        for seed in train_seeds:
+            reported = False
+            for sample_seed in sample_seeds or [seed]:
+                if any(_matches(rule, {"dataset": d, "family": f, "sampler": s},
+                                {"seed": seed, "sample_seed": sample_seed}) for rule in model.exclude):
+                    continue
+                reason = _compatibility(build.regs, d, f, s)
+                if reason:
+                    if not reported:
+                        pruned.append(Pruned(label(d), label(f), label(s), seed, reason))
+                        reported = True
+                    continue
+                try:
+                    out.append(build(d, f, s, seed, [dx, fx, sx], sample_seed))
+                except UserError as exc:  # a bad train/eval/budget override: met once per case, reported once
+                    errors.add(exc)
     return out
 
 
@@ -781,6 +886,9 @@ def _include_case(model: SuiteModel, resolver: _Resolver, build: _CaseBuilder, p
             continue
         try:
             norm = _normalize_spec(extra[kind], kind, p + (kind,), positions)
+            if any(k in norm for k in SEED_KEYS):
+                raise SuiteError("an include_cases entry is one case: give it 'seed' and 'sample_seed', "
+                                 "not 'seeds'/'sample_seeds'", locate(positions, p + (kind,)))
             specs[kind] = resolver.resolve(kind, norm, p + (kind,))
             extras.insert(-1, {"sections": {s: norm[s] for s in CASE_SECTIONS if s in norm}, "path": p + (kind,)})
         except UserError as exc:
@@ -788,11 +896,14 @@ def _include_case(model: SuiteModel, resolver: _Resolver, build: _CaseBuilder, p
     seed = extra.get("seed", model.seed)
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.add(SuiteError("seed must be an integer", locate(positions, p + ("seed",))))
+    sample_seed = extra.get("sample_seed", seed)
+    if not isinstance(sample_seed, int) or isinstance(sample_seed, bool) or sample_seed < 0:
+        problems.add(SuiteError("sample_seed must be a non-negative integer", locate(positions, p + ("sample_seed",))))
     problems.raise_if_any()
     reason = _compatibility(build.regs, specs["dataset"], specs["family"], specs["sampler"])
     if reason:
         raise SuiteError(f"include_cases entry is incompatible: {reason}", locate(positions, p))
-    return build(specs["dataset"], specs["family"], specs["sampler"], seed, extras)
+    return build(specs["dataset"], specs["family"], specs["sampler"], seed, extras, sample_seed)
 
 
 def _versions_for(case: Case, regs: Registries, versions: dict[str, str]) -> dict[str, str]:

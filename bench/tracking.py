@@ -72,6 +72,19 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             if k and not any(is_secret_key(part) for part in k.split("."))}
 
 
+def interval_tags(metrics: dict[str, float]) -> dict[str, str]:
+    """``<key>_ci`` = ``"[lo, hi]"`` for every metric logged with its per-case interval
+    (``<key>_ci_lo``, ``<key>_ci_hi``): one text column the MLflow UI shows beside the metric."""
+    out = {}
+    for name, lo in metrics.items():
+        if name.endswith("_ci_lo"):
+            key = name[: -len("_ci_lo")]
+            hi = metrics.get(f"{key}_ci_hi")
+            if hi is not None and lo == lo and hi == hi:
+                out[mlflow_key(f"{key}_ci")] = f"[{float(lo):.4g}, {float(hi):.4g}]"
+    return out
+
+
 def resolve_uri(uri: str | None) -> str:
     """The tracking URI to use: the argument, ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
     A relative SQLite path is made absolute (MLflow caches stores per URI string, so a relative one
@@ -385,6 +398,8 @@ class Tracker:
             run_tags["bench.device"] = str(record["device"])
         for k, v in (record.get("labels") or {}).items():
             run_tags[mlflow_key(f"bench.{k}")] = str(v)
+        if record.get("sample_seed") is not None:  # the seed of every draw after training (a case axis)
+            run_tags["bench.sample_seed"] = str(record["sample_seed"])
         for k, v in (record.get("versions") or {}).items():
             run_tags[mlflow_key(f"bench.version.{k}")] = str(v)
         if record.get("train_resumed"):  # the saved training state it started from (bench.train_state)
@@ -393,6 +408,7 @@ class Tracker:
             run_tags["bench.error"] = record["error"][:5000]
         for name, reason in (record.get("skipped_metrics") or {}).items():
             run_tags[mlflow_key(f"bench.skipped.{name}")] = reason[:250]
+        run_tags.update(interval_tags(record.get("metrics") or {}))
         run_tags = {k: redact_text(v) for k, v in run_tags.items()}
         if self.parent_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = self.parent_id
@@ -403,6 +419,8 @@ class Tracker:
         params = flatten(record.get("config") or {})
         if record.get("precision"):
             params["precision"] = record["precision"]
+        if record.get("sample_seed") is not None:
+            params["sample_seed"] = record["sample_seed"]
         metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v == v}  # drop NaN
         self._log(run_id, params=params, metrics=metrics, series=record.get("series") or {},
                   timestamp=int(record.get("finished", time.time()) * 1000))

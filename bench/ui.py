@@ -7,7 +7,9 @@ MLflow 3 opens its root URL on the GenAI overview; the runs table of an experime
 ``mlflow.sharedViewState.<key>`` whose value is the JSON of the page state (``searchFilter``,
 ``orderByKey``, ..., and ``selectedColumns`` with the keys ``metrics.`fid```,
 ``tags.`bench.dataset``` ...), opened with ``?viewStateShareKey=<key>``. bench writes one such view,
-``bench-key-metrics``, and prints its URL. (Layout read from the MLflow 3.17 UI bundle; a headless
+``bench-key-metrics``, and prints its URL. Beside each metric the view shows its per-case 95%
+interval: the run's ``<metric>_ci`` tag (``"[lo, hi]"``, bench.tracking.interval_tags), else the
+``<metric>_ci_lo``/``_ci_hi`` metrics, else ``<metric>_sem``. (Layout read from the MLflow 3.17 UI bundle; a headless
 Chromium check shows the view's columns, but MLflow did not apply its search filter.)
 
 The server runs in its own session (process group) so that stopping ``bench ui`` (Ctrl-C, SIGTERM,
@@ -29,6 +31,7 @@ from urllib.parse import quote
 VIEW_KEY = "bench-key-metrics"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 LABEL_TAGS = ("dataset", "family", "sampler", "seed")  # the case labels bench tags every child run with
+SAMPLE_SEED = "bench.sample_seed"  # a column only where some case samples with another seed than it trained with
 EXTRA_METRICS = ("nfe", "train_time_s")  # bookkeeping worth a column next to the quality metrics
 CASES_FILTER = "tags.`bench.kind` = 'case'"
 
@@ -53,8 +56,9 @@ def pick_experiment(client, name: str | None):
 
 def key_columns(client, experiment_id: str, sample: int = 200) -> list[str]:
     """The runs-table columns of the view: the case labels, then the suite's metrics (the ``metrics``
-    parameter of the latest case runs) and bench's headline metrics that were logged, then NFE and
-    training time. Column keys are MLflow's ``<type>.`<key>``` form."""
+    parameter of the latest case runs) and bench's headline metrics that were logged, each followed
+    by its per-case interval (module docstring), then NFE and training time. Column keys are
+    MLflow's ``<type>.`<key>``` form."""
     from .session import HEADLINE
 
     runs = client.search_runs([experiment_id], filter_string=CASES_FILTER, max_results=sample,
@@ -66,7 +70,18 @@ def key_columns(client, experiment_id: str, sample: int = 200) -> list[str]:
     metrics += [m for m in dict.fromkeys(requested) if m in logged and m not in metrics]
     metrics += [m for m in EXTRA_METRICS if m in logged and m not in metrics]
     labels = [f"bench.{k}" for k in LABEL_TAGS if f"bench.{k}" in tags]
-    return [f"tags.`{k}`" for k in labels] + [f"metrics.`{m}`" for m in metrics]
+    if any(r.data.tags.get(SAMPLE_SEED, r.data.tags.get("bench.seed")) != r.data.tags.get("bench.seed") for r in runs):
+        labels.append(SAMPLE_SEED)
+    columns = [f"tags.`{k}`" for k in labels]
+    for m in metrics:
+        columns.append(f"metrics.`{m}`")
+        if f"{m}_ci" in tags:
+            columns.append(f"tags.`{m}_ci`")
+        elif f"{m}_ci_lo" in logged and f"{m}_ci_hi" in logged:
+            columns += [f"metrics.`{m}_ci_lo`", f"metrics.`{m}_ci_hi`"]
+        elif f"{m}_sem" in logged:
+            columns.append(f"metrics.`{m}_sem`")
+    return columns
 
 
 def save_key_metrics_view(client, experiment_id: str) -> str:

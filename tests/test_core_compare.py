@@ -285,3 +285,147 @@ def test_sem_interval_at_one_seed_and_runs_without_a_value():
     notes = table_notes(table, "e", 0)
     assert "1 run(s) without a value for bpd left out (failed or not measured)" in notes
     assert any("value ± 1.96 x bpd_sem" in n for n in notes)
+
+
+# ----------------------------------------------------------------------------- seeds and sample seeds
+# (issue 17: cells over training seeds and sample seeds, built from a frame as load_runs returns it)
+
+
+def seed_frame(design, shift=None, drop=()):
+    """Case runs of families a and b on sampler s (nfe 10) for every (seed, sample seed) of ``design``:
+    value = seed effect + sampling noise + the family's shift."""
+    shift = shift or {"a": 0.0, "b": -0.3}
+    rng = np.random.default_rng(5)
+    rows = []
+    for seed, sample_seed in design:
+        train_noise = rng.normal(0, 0.5)
+        for fam, delta in shift.items():
+            if (fam, seed, sample_seed) in drop:
+                continue
+            rows.append({"tags.bench.dataset": "d", "tags.bench.family": fam, "tags.bench.sampler": "s",
+                         "tags.bench.seed": str(seed), "tags.bench.sample_seed": str(sample_seed),
+                         "metrics.fid": 5.0 + train_noise + rng.normal(0, 0.1) + delta, "metrics.nfe": 10.0})
+    return pd.DataFrame(rows)
+
+
+def values_of(frame, fam):
+    sub = frame[frame["tags.bench.family"] == fam]
+    return {(int(s), int(t)): v for s, t, v in zip(sub["tags.bench.seed"], sub["tags.bench.sample_seed"], sub["metrics.fid"])}
+
+
+def test_several_sample_seeds_per_training_seed_are_averaged_first_and_paired_by_both():
+    from bench.compare import add_baseline, build_table
+    from bench.compare_table import NESTED, csv_rows, render_markdown, render_text, table_notes
+
+    design = [(s, t) for s in (0, 1, 2) for t in (10, 11)]
+    frame = seed_frame(design, drop={("b", 2, 11)})  # b lacks one sample set: pairs must match both seeds
+    table = build_table(frame, "family", "sampler", "fid")
+    a, b = values_of(frame, "a"), values_of(frame, "b")
+    per_seed = [np.mean([a[(s, t)] for t in (10, 11)]) for s in (0, 1, 2)]
+    cell = table.cells[("a", "s")]
+    assert cell.unit == NESTED and cell.interval.n == 3 and set(cell.units) == {("0",), ("1",), ("2",)}
+    lo, hi = st.t.interval(0.95, 2, loc=np.mean(per_seed), scale=st.sem(per_seed))
+    assert (cell.interval.mean, cell.interval.lo, cell.interval.hi) == \
+        (pytest.approx(np.mean(per_seed)), pytest.approx(lo), pytest.approx(hi))
+    add_baseline(table, "family=a")
+    d, _ = table.diffs[("b", "s")]
+    common = [(s, t) for (s, t) in design if (s, t) in b]
+    diff_b = [np.mean([b[k] for k in common if k[0] == s]) for s in (0, 1, 2)]
+    diff_a = [np.mean([a[k] for k in common if k[0] == s]) for s in (0, 1, 2)]  # seed 2: sample seed 10 only
+    ref = st.ttest_rel(diff_b, diff_a)
+    assert (d.kind, d.n) == ("paired", 3) and d.p == pytest.approx(ref.pvalue)
+    assert d.lo == pytest.approx(ref.confidence_interval().low)
+    notes = table_notes(table, "e", 0)
+    assert "averaged over: seed, sample_seed" in notes
+    assert any(n.startswith("n counts training seeds: each is first the mean over its sample seeds") for n in notes)
+    assert any("paired by seed and sample seed" in n for n in notes)
+    # every rendering shows mean ± half-width and n, and the difference's n
+    iv = cell.interval
+    shown = f"{iv.mean:.4g} ± {iv.half_width:.2g} (n=3)"
+    assert shown in render_text(table, notes) and f"| a | {shown} |" in render_markdown(table, notes)
+    assert "paired n=3" in render_text(table, notes) and "paired n=3" in render_markdown(table, notes)
+    row = next(r for r in csv_rows(table) if r["row"] == "a")
+    assert (row["n"], row["n_counts"]) == (3, NESTED) and row["half_width"] == pytest.approx(iv.half_width)
+    assert next(r for r in csv_rows(table) if r["row"] == "b")["diff_n"] == 3
+
+
+def test_seeds_that_vary_only_in_sampling_are_said_to():
+    from bench.compare import add_baseline, build_table, filter_runs
+    from bench.compare_table import SAMPLE_SEEDS, table_notes
+
+    frame = seed_frame([(0, t) for t in (0, 1, 2, 3)])
+    table = build_table(frame, "family", "sampler", "fid")
+    cell = table.cells[("a", "s")]
+    assert (cell.unit, cell.interval.n) == (SAMPLE_SEEDS, 4)
+    assert cell.interval.hi == pytest.approx(t_interval(list(values_of(frame, "a").values())).hi)
+    add_baseline(table, "family=a")
+    ref = st.ttest_rel(list(values_of(frame, "b").values()), list(values_of(frame, "a").values()))
+    assert table.diffs[("b", "s")][0].p == pytest.approx(ref.pvalue)
+    notes = table_notes(table, "e", 0)
+    assert "averaged over: sample_seed" in notes
+    assert any("(n=sample seeds): Student-t interval over the sample seeds of one training seed: the seeds vary "
+               "only in sampling, so the interval covers sampling noise only" in n for n in notes)
+    assert not any("(n=seeds)" in n for n in notes)
+    one = build_table(filter_runs(frame, ["sample_seed=2"]), "family", "sampler", "fid")  # --where sample_seed
+    assert one.cells[("a", "s")].interval.n == 1
+
+
+def test_a_sample_seed_equal_to_the_seed_is_not_a_second_replicate_axis():
+    from bench.compare import build_table
+    from bench.compare_table import SEEDS, table_notes
+
+    frame = seed_frame([(0, 0), (1, 1), (2, 2)])
+    table = build_table(frame, "family", "sampler", "fid")
+    assert table.cells[("a", "s")].unit == SEEDS and table.cells[("a", "s")].interval.n == 3
+    assert "averaged over: seed" in table_notes(table, "e", 0)
+
+
+def test_the_plot_legend_gives_n_and_the_bars_are_the_intervals(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from bench.compare import build_table, write_plot
+
+    seen = []
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, label=None, **kw):
+        seen.append((label, None if yerr is None else np.asarray(yerr)))
+        return real(self, x, y, yerr=yerr, label=label, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    frame = seed_frame([(s, t) for s in (0, 1, 2) for t in (10, 11)])
+    write_plot(frame, "e", "fid", "nfe", "family", tmp_path / "p.png", ())
+    iv = build_table(frame, "family", "nfe", "fid").cells[("a", "10.0")].interval
+    assert [label for label, _ in seen] == ["a (n=3)", "b (n=3)"]
+    assert np.allclose(seen[0][1].ravel(), [iv.mean - iv.lo, iv.hi - iv.mean])
+
+
+def test_runs_logged_before_sample_seeds_pair_with_new_ones_by_their_training_seed():
+    from bench.compare import add_baseline, build_table, fill_sample_seed
+
+    frame = seed_frame([(0, 0), (1, 1), (2, 2)])
+    old = frame["tags.bench.family"] == "a"  # family a was logged before the sample_seed tag existed
+    frame.loc[old, "tags.bench.sample_seed"] = None
+    table = build_table(fill_sample_seed(frame), "family", "sampler", "fid")
+    add_baseline(table, "family=a")
+    assert table.diffs[("b", "s")][0].kind == "paired" and table.diffs[("b", "s")][0].n == 3
+
+
+def test_power_with_sample_seeds_divides_the_sampling_part_by_their_number(monkeypatch):
+    """Each training seed of a nested pilot is the mean of k sample seeds: its sampling variance is the
+    per-case variance over k. With one training seed, the counts are sample seeds, and it says so."""
+    import bench.power
+    from bench.power import power_report
+
+    frame = seed_frame([(s, t) for s in (0, 1, 2) for t in (10, 11)])
+    frame["metrics.fid_ci_lo"], frame["metrics.fid_ci_hi"] = frame["metrics.fid"] - 0.2, frame["metrics.fid"] + 0.2
+    frame["params.eval.num_samples"] = "1000"
+    monkeypatch.setattr(bench.power, "load_runs", lambda e, u: (frame[frame["tags.bench.sample_seed"].notna()], e, 0))
+    text = power_report("e", None, "fid", 0.5, [], "family", "sampler")
+    s_case = 0.4 / (2 * 1.959964)
+    assert f"{s_case:.4g} per run, {s_case / math.sqrt(2):.4g} per seed (the mean of 2 sample seeds)" in text
+    assert f"{math.sqrt(2) * s_case / math.sqrt(2):.4g} for a difference" in text
+    assert "sample seeds needed" not in text
+    monkeypatch.setattr(bench.power, "load_runs", lambda e, u: (seed_frame([(0, t) for t in range(4)]), e, 0))
+    assert "these are sample seeds needed, and training noise is not counted" in \
+        power_report("e", None, "fid", 0.5, [], "family", "sampler")

@@ -81,6 +81,46 @@ def test_saved_view_has_the_key_metrics_as_columns_in_mlflow_ui_format(store):
     assert key_columns(client, new) == state["selectedColumns"]
 
 
+def log_with_intervals(uri):
+    """Experiment ``withci``: two case runs (sample seeds 0 and 1 of training seed 0) with per-case
+    intervals, logged without a parent run (so that "newer" stays the experiment bench logged last)."""
+    tracker = Tracker(uri, "withci")
+    started = time.time() - 300
+    run_id = None
+    for sample_seed in (0, 1):
+        record = {"case_id": f"withci/toy/fam/samp/seed=0/sample_seed={sample_seed}", "case_hash": f"h{sample_seed}",
+                  "status": "ok", "started": started, "finished": started + 1, "sample_seed": sample_seed,
+                  "labels": {"dataset": "toy", "family": "fam", "sampler": "samp", "seed": "0"},
+                  "config": {"metrics": [{"name": "fid"}, {"name": "bpd"}, {"name": "swd"}], "seed": 0},
+                  "metrics": {"fid": 3.0, "fid_ci_lo": 2.71828, "fid_ci_hi": 3.14159, "bpd": 1.5, "bpd_sem": 0.01,
+                              "swd": 0.2, "swd_ci_lo": float("nan"), "swd_ci_hi": 0.3}}
+        run_id = tracker.log_case(record)
+    return tracker.experiment_id, run_id, started
+
+
+def test_the_view_shows_each_metric_with_its_per_case_interval_and_the_sample_seed(store):
+    """Issue 17, item 7: the interval beside each key metric, as the ``<key>_ci`` tag bench logs
+    ("[lo, hi]"), else the ``_ci_lo``/``_ci_hi`` metrics (runs logged without the tag), else ``_sem``."""
+    from mlflow.entities import Metric
+
+    uri, _, _ = store
+    exp, run_id, started = log_with_intervals(uri)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.data.tags["fid_ci"] == "[2.718, 3.142]" and "swd_ci" not in run.data.tags  # NaN: no interval
+    assert (run.data.tags["bench.sample_seed"], run.data.params["sample_seed"]) == ("1", "1")
+    assert key_columns(client, exp) == ["tags.`bench.dataset`", "tags.`bench.family`", "tags.`bench.sampler`",
+                                        "tags.`bench.seed`", "tags.`bench.sample_seed`",
+                                        "metrics.`fid`", "tags.`fid_ci`", "metrics.`swd`", "metrics.`bpd`",
+                                        "metrics.`bpd_sem`"]
+    # a run logged with the interval metrics but without the tag (before bench wrote it)
+    old = client.create_run(exp, tags={"bench.kind": "case", "bench.seed": "0"}, start_time=int(started * 1000))
+    client.log_batch(old.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in
+                                               {"kid": 0.1, "kid_ci_lo": 0.05, "kid_ci_hi": 0.2}.items()])
+    columns = key_columns(client, exp)
+    assert columns[columns.index("metrics.`kid`"):][:3] == ["metrics.`kid`", "metrics.`kid_ci_lo`", "metrics.`kid_ci_hi`"]
+
+
 def test_unknown_experiment_and_missing_store_are_user_errors(store, workdir):
     uri, _, _ = store
     result = CliRunner().invoke(app, ["ui", "--tracking-uri", uri, "-e", "nope"])
@@ -199,19 +239,29 @@ def test_the_printed_view_shows_the_case_runs_with_key_metric_columns_in_chromiu
             except OSError:
                 assert time.time() < deadline and ui.poll() is None, "the MLflow UI never answered"
                 time.sleep(1)
-        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                              "--disable-sync", "--window-size=3000,1600", f"--user-data-dir={workdir / 'profile'}",
-                              "--virtual-time-budget=45000", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=180).stdout
-        dom = re.sub(r"<style[^>]*>.*?</style>", " ", dom, flags=re.S)
-        text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+        text = page_text(url, workdir / "profile")
         assert "viewing a shared view" in text, text[:2000]  # the UI loaded bench's saved view
         for column in ("fid", "kid"):
             assert column in text, column
+        # the per-case interval beside the metric (issue 17, item 7)
+        exp, _, _ = log_with_intervals(uri)
+        save_key_metrics_view(MlflowClient(tracking_uri=uri), exp)
+        text = page_text(runs_view_url(url.split("/#/")[0], exp, VIEW_KEY), workdir / "profile2")
+        assert "fid_ci" in text and "[2.718, 3.142]" in text and "bpd_sem" in text, text[:2000]
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(60)
+
+
+def page_text(url, profile):
+    """The text headless Chromium renders for ``url`` (the DOM without tags and styles)."""
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", "--window-size=3000,1600", f"--user-data-dir={profile}",
+                          "--virtual-time-budget=45000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180).stdout
+    dom = re.sub(r"<style[^>]*>.*?</style>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
 
 
 def test_a_busy_port_is_a_user_error(store):
