@@ -2,16 +2,17 @@
 
 Input: uint8 videos ``(N, T, 3, H, W)`` (:func:`bench_metrics.video_extractors.to_uint8_video`); the
 network averages the channels and maps ``u -> 2 u / 255 - 1``, giving ``(N, 1, T, H, W)``.
-Architecture (``width`` w, ``feature_dim`` f)::
+Architecture (``width`` w, ``feature_dim`` f; convolutions padded to keep their size)::
 
-    conv3x3x3(1, w) ReLU maxpool(1, 2, 2) conv3x3x3(w, 2w) ReLU maxpool(2, 2, 2)
-    conv3x3x3(2w, 4w) ReLU adaptive-avgpool(2, 2, 2) flatten
-    Linear(32 w, f) ReLU, divided by ``feature_scale``   -> features (penultimate layer, f-d)
+    conv1x3x3(1, w) ReLU maxpool(1, 2, 2) conv1x3x3(w, 2w) ReLU conv1x3x3(2w, 2w) ReLU maxpool(1, 2, 2)
+    conv3x3x3(2w, 4w) ReLU adaptive-maxpool(2, 1, 1) flatten
+    Linear(8 w, f) ReLU, divided by ``feature_scale``   -> features (penultimate layer, f-d)
     Linear(f, 10) (digit class), Linear(f, 8) (initial motion direction)   -> two heads
 
-The temporal convolutions and the two temporal cells of the last pooling make the features
-depend on frame order (the direction head needs it). ``feature_scale`` is fixed after training so
-that the mean of |f|^2 / f over the training videos is 1.
+The per-frame (1x3x3) convolutions see the digit's shape, the space-time (3x3x3) one its motion; the
+max over space finds them anywhere in the frame, and the two temporal cells (first and second half
+of the clip) keep the order of events, so the features change when frames are shuffled.
+``feature_scale`` is fixed after training so that the mean of |f|^2 / f over the training videos is 1.
 
 Training: Adam on the sum of the two heads' cross-entropies, with target q = the uniform
 distribution over the clip's labels (one label per digit; with one digit this is the usual

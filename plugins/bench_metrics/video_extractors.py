@@ -108,8 +108,8 @@ class MovingDigitsClassifier(VideoExtractor):
     note = "local feature space (3-D CNN trained on this dataset): NOT comparable with published FVD"
 
     def __init__(self, width: Annotated[int, Field(gt=0)] = 8, feature_dim: Annotated[int, Field(gt=0)] = 64,
-                 epochs: Annotated[int, Field(gt=0)] = 10, batch_size: Annotated[int, Field(gt=0)] = 32,
-                 lr: Annotated[float, Field(gt=0)] = 3e-3, seed: int = 0, context=None):
+                 epochs: Annotated[int, Field(gt=0)] = 8, batch_size: Annotated[int, Field(gt=0)] = 16,
+                 lr: Annotated[float, Field(gt=0)] = 2e-3, seed: int = 0, context=None):
         info = _video_info(context, self.name)
         dataset = getattr(context, "dataset", None)
         if not (hasattr(dataset, "digit_labels") and hasattr(dataset, "direction_labels")):
