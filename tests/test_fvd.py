@@ -128,7 +128,7 @@ def test_fvd_of_samples_against_the_reference(small, store):
     out = FVD(extractor={"name": "moving-digits-classifier", **FAST}, source="samples", bootstrap=0,
               context=ctx.build_context).compute(ctx)
     # samples = 40 real test clips, reference = train (the extractor's split), floor = 40 test clips
-    assert out["fvd_ref_num_samples"] == 160 and out["fvd_floor_num_samples"] == 40
+    assert out["fvd_ref_num_samples"] == 160 and out["fvd_floor_num_samples"] == out["fvd_num_videos"] == 40
     assert 0 < out["fvd"] and out["fvd_floor"] > 0 and "fvd_ci_lo" not in out
 
 
@@ -213,3 +213,28 @@ def test_the_default_classifier_is_well_above_chance_and_fvd_sees_shuffles_and_b
     assert abs(frechet_distance(ext.features(test), ext.features(test))) < 1e-6
     assert 0 < floor < frechet_distance(ext.features(shuffled(test)), ref) / 3
     assert floor < frechet_distance(ext.features(blurred(test)), ref) / 3
+
+
+@pytest.mark.slow
+def test_video_suite_with_fvd_end_to_end(workdir):
+    """suites/video.yaml at reduced size (its header's second command): video and fvd over 2 trajectories."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    frames = "context_frames: 5, horizon: 10, num_videos: 4, trajectories: 2"
+    result = CliRunner().invoke(app, [
+        "run", str(Path(__file__).resolve().parents[1] / "suites" / "video.yaml"), "-q", "--threads", "1",
+        "--set", "train.steps=2", "--set", "matrix.dataset=[{name: moving_digits, n_train: 16, n_test: 4}]",
+        "--set", f"metrics=[{{name: video, {frames}}}, {{name: fvd, {frames}, "
+                 "extractor: {name: moving-digits-classifier, epochs: 1}}]"])
+    records = [json.loads(p.read_text()) for p in Path("results").rglob("record.json")]
+    assert result.exit_code == 0, result.output
+    assert len(records) == 5 and all(r["status"] == "ok" for r in records)
+    for r in records:
+        m = r["metrics"]
+        assert m["fvd_trajectories"] == 2 and m["fvd_floor"] > 0 and m["fvd_published_comparable"] == 0
+        assert m["pred_ssim_best"] >= m["pred_ssim"] and m["video_trajectories"] == 2

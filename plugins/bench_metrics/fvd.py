@@ -142,7 +142,7 @@ class FVD:
         gen = [ext.features(g) for g in generated]
         per_traj = [frechet_distance(g, ref) for g in gen]
         out = {k: sum(per_traj) / len(per_traj), f"{k}_floor": frechet_distance(ext.features(floor), ref),
-               f"{k}_num_videos": float(len(floor)), f"{k}_ref_num_samples": float(len(reference)),
+               f"{k}_num_videos": float(len(generated[0])), f"{k}_ref_num_samples": float(len(reference)),
                f"{k}_floor_num_samples": float(len(floor)), f"{k}_feature_dim": float(ref.shape[1]),
                f"{k}_trajectories": float(len(gen)), f"{k}_ref_cached": float(ref_cached),
                f"{k}_published_comparable": float(bool(ext.comparable_with_published))}
