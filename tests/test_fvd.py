@@ -123,6 +123,13 @@ def test_fvd_of_a_perfect_predictor_is_its_floor_and_copy_last_is_above(small, s
     assert copy["fvd"] > 2 * copy["fvd_floor"]
 
 
+def test_fvd_over_trajectories_of_a_deterministic_family_is_the_single_value(small, store):
+    one, three = fvd(small, CopyLast(), store), fvd(small, CopyLast(), store, trajectories=3)
+    assert three["fvd_trajectories"] == 3 and three["fvd_traj_sd"] == 0
+    for key in ("fvd", "fvd_floor", "fvd_ci_lo", "fvd_ci_hi"):
+        assert three[key] == pytest.approx(one[key], rel=1e-12), key
+
+
 def test_fvd_of_samples_against_the_reference(small, store):
     ctx = metric_context(small, samples=small.split("test")[:40], store=store)
     out = FVD(extractor={"name": "moving-digits-classifier", **FAST}, source="samples", bootstrap=0,

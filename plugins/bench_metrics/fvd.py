@@ -31,8 +31,9 @@ clips (the same clip rows for every trajectory) and one of the reference
 
 Logged: ``fvd``, ``fvd_floor``, ``fvd_ci_lo``/``_hi``, ``fvd_boot_n``, ``fvd_num_videos``,
 ``fvd_ref_num_samples``, ``fvd_floor_num_samples``, ``fvd_feature_dim``, ``fvd_trajectories``,
-``fvd_traj_sd`` (K > 1: the standard deviation of the K per-trajectory values),
-``fvd_published_comparable`` (1 only for an ``i3d`` extractor; 0 for local feature spaces), the
+``fvd_traj_sd`` (K > 1: the standard deviation of the K per-trajectory values), ``fvd_ref_cached``,
+``fvd_published_comparable`` (1 only for an ``i3d`` file with the standard FVD I3D signature; 0
+for local feature spaces), the
 extractor's numbers (``fvd_extractor_*``), and ``fvd.json`` with the extractor's description.
 """
 from __future__ import annotations

@@ -33,6 +33,12 @@ Frames need at least 11 pixels a side. Averages over videos are taken per frame.
 mse, psnr, ssim: ``recon_m``, ``interp_m``, ``extrap_m`` and ``pred_m`` (means over the split's
 frames; a split without frames is not logged), per frame ``recon_m_t{t}`` and ``pred_m_t{t}`` (t the
 1-based frame number), ``video_num_videos``; a CSV of the per-frame table as an artifact.
+
+Trajectories (MCVD's protocol, ``trajectories`` K): each clip is predicted K times, trajectory k
+drawing from stream :func:`trajectory_stream` (k) of the clip's generator (trajectory 0 is the
+single-trajectory stream, so K = 1 is the plain metric). The keys above are then means over clips
+and trajectories, and K > 1 adds ``{split}_{m}_best``: per clip the best trajectory's mean over the
+split's frames (max for PSNR and SSIM, min for MSE), averaged over clips; and ``video_trajectories``.
 """
 from __future__ import annotations
 
