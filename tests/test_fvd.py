@@ -64,6 +64,13 @@ def test_moving_digits_labels_match_the_generation(small):
     assert len(set(small.digit_labels("train")[:, 0].tolist())) == 10
 
 
+def test_two_digit_clips_train_towards_the_uniform_distribution_over_their_labels():
+    from bench_metrics.video_classifier import label_distribution
+    q = label_distribution(torch.tensor([[3, 3], [1, 2], [7, 7]]), 10)
+    assert torch.equal(q[0], F.one_hot(torch.tensor(3), 10).float())
+    assert q[1, 1] == q[1, 2] == 0.5 and q[1].sum() == 1 and q[2, 7] == 1
+
+
 def test_the_classifier_is_deterministic_cached_and_labelled(small, store, tmp_path):
     said = []
     ext = MovingDigitsClassifier(**FAST, context=build_context(small, store, log=said.append))
