@@ -8,6 +8,10 @@ velocity component flips (p' = reflection of p + v into the interval), so every 
 inside the frame. Two digits are combined with a pixel-wise max (as in Moving MNIST). Frames are
 quantised to 8 bits (L = 256) and returned in model space x = 2k/255 - 1 with shape (T, 1, H, W).
 Train and test sequences use disjoint sets of digit images; everything derives from ``data_seed``.
+
+Labels per sequence and digit (:meth:`MovingDigits.digit_labels`, :meth:`MovingDigits.direction_labels`):
+the digit's class (0-9, sklearn's target) and its initial motion direction, the sign pair
+(sign v_row, sign v_col) of its first velocity numbered ``DIRECTIONS.index`` (8 classes: v != 0).
 """
 from __future__ import annotations
 
@@ -20,6 +24,15 @@ from pydantic import Field
 
 from bench.protocols import DataInfo
 from bench.rng import derive_seed
+
+
+#: the 8 motion directions (sign of the row velocity, sign of the column velocity); index = class
+DIRECTIONS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+
+
+def direction_class(velocity: np.ndarray) -> int:
+    """The :data:`DIRECTIONS` class of a nonzero integer velocity (row, col)."""
+    return DIRECTIONS.index((int(np.sign(velocity[0])), int(np.sign(velocity[1]))))
 
 
 def digit_sprites(digit_size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -64,17 +77,21 @@ class MovingDigits:
         pools = {"test": order[:n_pool_test], "train": order[n_pool_test:]}
         self.limit = size - digit_size
         self.max_speed = max_speed
-        self._splits, self._tracks = {}, {}
+        self._splits, self._tracks, self._digits, self._directions = {}, {}, {}, {}
         for name, count in (("train", n_train), ("test", n_test)):
             videos = np.zeros((count, frames, 1, size, size), dtype=np.float32)
             tracks = np.zeros((count, num_digits, frames, 2), dtype=np.int64)
+            digits = np.zeros((count, num_digits), dtype=np.int64)
+            directions = np.zeros((count, num_digits), dtype=np.int64)
             for i in range(count):
                 for j in range(num_digits):
-                    sprite = sprites[int(rng.choice(pools[name]))]
+                    which = int(rng.choice(pools[name]))
+                    sprite, digits[i, j] = sprites[which], labels[which]
                     start = rng.integers(0, self.limit + 1, size=2)
                     velocity = rng.integers(-max_speed, max_speed + 1, size=2)
                     while not velocity.any():
                         velocity = rng.integers(-max_speed, max_speed + 1, size=2)
+                    directions[i, j] = direction_class(velocity)
                     track = bounce_track(start, velocity, frames, self.limit)
                     tracks[i, j] = track
                     for t, (r, c) in enumerate(track):
@@ -83,6 +100,7 @@ class MovingDigits:
             k = torch.round(torch.from_numpy(videos) * 255)
             self._splits[name] = (2 * k / 255 - 1).contiguous()
             self._tracks[name] = tracks
+            self._digits[name], self._directions[name] = torch.from_numpy(digits), torch.from_numpy(directions)
         self.info = DataInfo(name=f"moving_digits{num_digits}", shape=(frames, 1, size, size), modality="video",
                              levels=256, value_range=(-1.0, 1.0),
                              params={"num_digits": num_digits, "digit_size": digit_size, "context_frames": frames // 2})
@@ -93,3 +111,11 @@ class MovingDigits:
     def tracks(self, name: str) -> np.ndarray:
         """Top-left digit positions (N, num_digits, T, 2) as (row, col)."""
         return self._tracks[name]
+
+    def digit_labels(self, name: str) -> torch.Tensor:
+        """Digit classes (N, num_digits), int64."""
+        return self._digits[name]
+
+    def direction_labels(self, name: str) -> torch.Tensor:
+        """Initial motion direction classes (N, num_digits) (:data:`DIRECTIONS`), int64."""
+        return self._directions[name]

@@ -34,6 +34,9 @@ def bench_register_metrics(register):
              description="test negative log-likelihood in nats per dim via the family's log_likelihood")
     register("video", f"{_M}.video:VideoMetrics", modalities=["video"], requires=["video_predict"],
              description="per-frame MSE/PSNR/SSIM of reconstructed, interpolated and extrapolated frames")
+    register("fvd", f"{_M}.fvd:FVD", modalities=["video"], components={"extractor": "feature_extractor"},
+             description="Frechet video distance in a video feature space (predicted clips, K trajectories, or "
+                         "samples), with fvd_floor (real vs real) and a bootstrap interval")
     register("video_recon", f"{_M}.video:VideoRecon", modalities=["video"], requires=["video_predict"],
              description="deprecated name of `video`")
 
@@ -46,5 +49,11 @@ def bench_register_feature_extractors(register):
              description="torch-fidelity's TF-compatible InceptionV3 (pool3, 2048-d); offline: weights path needed")
     register("digits-classifier", f"{_M}.extractors:DigitsClassifier",
              description="small CNN trained deterministically on the digits train split (cached); penultimate layer")
+    register("moving-digits-classifier", f"{_M}.video_extractors:MovingDigitsClassifier", modality="video",
+             description="small 3-D CNN trained deterministically on moving digits (digit, direction; cached); "
+                         "penultimate layer. NOT comparable with published FVD")
+    register("i3d", f"{_M}.video_extractors:I3D", modality="video",
+             description="the user's TorchScript video network (path or $BENCH_I3D_WEIGHTS; sha256 logged), "
+                         "e.g. StyleGAN-V's FVD I3D")
     register("random-proj", f"{_M}.extractors:RandomProjection",
              description="a fixed random linear projection (NOT perceptual; for tests and smoke runs)")

@@ -33,11 +33,19 @@ Frames need at least 11 pixels a side. Averages over videos are taken per frame.
 mse, psnr, ssim: ``recon_m``, ``interp_m``, ``extrap_m`` and ``pred_m`` (means over the split's
 frames; a split without frames is not logged), per frame ``recon_m_t{t}`` and ``pred_m_t{t}`` (t the
 1-based frame number), ``video_num_videos``; a CSV of the per-frame table as an artifact.
+
+Trajectories (MCVD's protocol, ``trajectories`` K): each clip is predicted K times, trajectory k
+drawing from stream :func:`trajectory_stream` (k) of the clip's generator (trajectory 0 is the
+single-trajectory stream, so K = 1 is the plain metric). The keys above are then means over clips
+and trajectories, and K > 1 adds ``{split}_{m}_best``: per clip the best trajectory's mean over the
+split's frames (max for PSNR and SSIM, min for MSE), averaged over clips; and ``video_trajectories``.
 """
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+import weakref
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -106,21 +114,84 @@ def video_splits(frames: int, context_frames: int, context_stride: int,
             "extrap": list(range(last + 1, last + 1 + horizon))}
 
 
+@dataclass
+class Predictions:
+    """The family's outputs on ``rows`` of a split, per trajectory: ``recon[k]`` ``(N, n_c, C, H, W)``
+    and ``pred[k]`` ``(N, n_t, C, H, W)`` (trajectory k), and ``truth``, the rows' full clips."""
+
+    rows: list[int]
+    context_index: list[int]
+    target_index: list[int]
+    truth: torch.Tensor
+    recon: list[torch.Tensor]
+    pred: list[torch.Tensor]
+
+
+#: per family: (seed, split, rows, context index, target index, batch size, trajectory) -> (recon, pred)
+_PREDICTIONS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def trajectory_stream(k: int) -> str:
+    """The random stream of trajectory k (0-based; trajectory 0 is the single-trajectory stream)."""
+    return "video" if k == 0 else f"video/trajectory{k}"
+
+
+def predict(ctx, split: str, rows: list[int], context_index: list[int], target_index: list[int],
+            trajectories: int, batch_size: int) -> Predictions:
+    """``family.reconstruct_and_predict`` on the clips ``rows`` of ``split``, once per trajectory
+    (trajectory k draws from :func:`trajectory_stream` (k) of each clip's per-sample generator). The
+    outputs are kept for the family's lifetime, so that the ``video`` and ``fvd`` metrics of a case
+    share them (the same arguments give the same outputs: each clip's generator is fixed)."""
+    fam = ctx.family
+    if not hasattr(fam, "reconstruct_and_predict"):
+        raise MetricSkipped("the family has no reconstruct_and_predict(context, context_index, target_index, rng)")
+    videos = ctx.dataset.split(split)
+    ci, ti = list(context_index), list(target_index)
+    try:
+        memo = _PREDICTIONS.setdefault(fam, {})
+    except TypeError:  # a family that cannot be weakly referenced: no sharing
+        memo = {}
+    out = Predictions(rows, ci, ti, videos[rows], [], [])
+    for k in range(trajectories):
+        key = (ctx.seed, split, tuple(rows), tuple(ci), tuple(ti), batch_size, k)
+        if key not in memo:
+            recons, preds = [], []
+            for lo in range(0, len(rows), batch_size):
+                batch = rows[lo:lo + batch_size]
+                v = videos[batch]
+                with torch.no_grad():
+                    recon, pred = fam.reconstruct_and_predict(
+                        v[:, ci], tuple(ci), tuple(ti),
+                        PerSampleRNG.for_indices(ctx.seed, batch, stream=trajectory_stream(k)))
+                want_r, want_p = (len(batch), len(ci), *v.shape[2:]), (len(batch), len(ti), *v.shape[2:])
+                if tuple(recon.shape) != want_r or tuple(pred.shape) != want_p:
+                    raise ValueError(f"reconstruct_and_predict returned {tuple(recon.shape)} and "
+                                     f"{tuple(pred.shape)}, expected {want_r} and {want_p}")
+                recons.append(recon)
+                preds.append(pred)
+            memo[key] = (torch.cat(recons), torch.cat(preds))
+        out.recon.append(memo[key][0])
+        out.pred.append(memo[key][1])
+    return out
+
+
 class VideoMetrics:
     """Metric ``video``: ``context_frames`` (n_c), ``context_stride`` (s), ``horizon`` (default: the
-    rest of the clip), ``num_videos`` (fixed subset of the split), ``batch_size``, ``split``."""
+    rest of the clip), ``num_videos`` (fixed subset of the split), ``batch_size``, ``split``,
+    ``trajectories`` (K predictions per clip; K > 1 adds the best-of-K keys)."""
 
     def __init__(self, context_frames: Annotated[int, Field(gt=0)] = 10,
                  context_stride: Annotated[int, Field(gt=0)] = 1,
                  horizon: Annotated[int, Field(ge=0)] | None = None,
                  num_videos: Annotated[int, Field(gt=0)] | None = 64,
-                 batch_size: Annotated[int, Field(gt=0)] = 16, split: Literal["train", "test"] = "test"):
+                 batch_size: Annotated[int, Field(gt=0)] = 16, split: Literal["train", "test"] = "test",
+                 trajectories: Annotated[int, Field(gt=0)] = 1):
         self.context_frames, self.context_stride, self.horizon = context_frames, context_stride, horizon
         self.num_videos, self.batch_size, self.split = num_videos, batch_size, split
+        self.trajectories = trajectories
 
     def compute(self, ctx) -> dict[str, float]:
-        fam = ctx.family
-        if not hasattr(fam, "reconstruct_and_predict"):
+        if not hasattr(ctx.family, "reconstruct_and_predict"):
             raise MetricSkipped("the family has no reconstruct_and_predict(context, context_index, target_index, rng)")
         videos = ctx.dataset.split(self.split)
         if videos.dim() != 5:
@@ -128,24 +199,20 @@ class VideoMetrics:
         splits = video_splits(videos.shape[1], self.context_frames, self.context_stride, self.horizon)
         ci, ti = splits["recon"], sorted(splits["interp"] + splits["extrap"])
         idx = fixed_subset(torch.arange(len(videos)), self.num_videos, "video", self.split)
-        per: dict[str, list[torch.Tensor]] = {"mse": [], "psnr": [], "ssim": []}  # (B, T) over all frames
-        for lo in range(0, len(idx), self.batch_size):
-            rows = idx[lo:lo + self.batch_size].tolist()
-            v = videos[rows]
-            with torch.no_grad():
-                recon, pred = fam.reconstruct_and_predict(v[:, ci], tuple(ci), tuple(ti),
-                                                          PerSampleRNG.for_indices(ctx.seed, rows, stream="video"))
-            want_r, want_p = (len(rows), len(ci), *v.shape[2:]), (len(rows), len(ti), *v.shape[2:])
-            if tuple(recon.shape) != want_r or tuple(pred.shape) != want_p:
-                raise ValueError(f"reconstruct_and_predict returned {tuple(recon.shape)} and {tuple(pred.shape)}, "
-                                 f"expected {want_r} and {want_p}")
-            got, true = to_unit(torch.cat([recon, pred], 1)), to_unit(v[:, ci + ti])
-            mse = mse_per_frame(got, true)
+        preds = predict(ctx, self.split, idx.tolist(), ci, ti, self.trajectories, self.batch_size)
+        true = to_unit(preds.truth[:, ci + ti])
+        per: dict[str, list[torch.Tensor]] = {"mse": [], "psnr": [], "ssim": []}  # per trajectory: (N, T)
+        for recon, pred in zip(preds.recon, preds.pred):
+            got = to_unit(torch.cat([recon, pred], 1))
+            mse = torch.cat([mse_per_frame(got[lo:lo + self.batch_size], true[lo:lo + self.batch_size])
+                             for lo in range(0, len(got), self.batch_size)])
             per["mse"].append(mse)
             per["psnr"].append(psnr_from_mse(mse))
-            per["ssim"].append(ssim_per_frame(got, true))
+            per["ssim"].append(torch.cat([ssim_per_frame(got[lo:lo + self.batch_size], true[lo:lo + self.batch_size])
+                                          for lo in range(0, len(got), self.batch_size)]))
         frame_of = ci + ti  # column j of the tables is frame frame_of[j]
-        table = {name: torch.cat(vals).mean(0) for name, vals in per.items()}  # per-frame means over videos
+        # per-frame means over videos, then over trajectories (exactly the video mean when K = 1)
+        table = {name: torch.stack([v.mean(0) for v in vals]).mean(0) for name, vals in per.items()}
         out: dict[str, float] = {"video_num_videos": float(len(idx))}
         parts = {**splits, "pred": ti}
         for part, frames in parts.items():
@@ -155,6 +222,10 @@ class VideoMetrics:
                     out[f"{part}_{name}"] = float(m[cols].mean())
                 if part in ("recon", "pred"):
                     out.update({f"{part}_{name}_t{frame_of[j] + 1}": float(m[j]) for j in cols})
+            if cols and self.trajectories > 1:
+                out.update(best_of_trajectories(part, per, cols))
+        if self.trajectories > 1:
+            out["video_trajectories"] = float(self.trajectories)
         split_of = {t: part for part in ("recon", "interp", "extrap") for t in splits[part]}
         last = ci[-1]
         rows_csv = [f"{split_of[t]},{t + 1},{t - last if t > last else ''},"
@@ -165,6 +236,17 @@ class VideoMetrics:
         if any(math.isnan(v) for v in out.values()):
             raise ValueError("video metrics produced NaN (non-finite frames from reconstruct_and_predict?)")
         return out
+
+
+def best_of_trajectories(part: str, per: dict[str, list[torch.Tensor]], cols: list[int]) -> dict[str, float]:
+    """MCVD's best-of-K protocol: per clip, the best trajectory's mean over the ``cols`` frames (max
+    for SSIM and PSNR, min for MSE), averaged over clips: ``{part}_{m}_best``."""
+    out = {}
+    for name, vals in per.items():
+        per_clip = torch.stack([v[:, cols].mean(1) for v in vals])  # (K, N)
+        best = per_clip.min(0).values if name == "mse" else per_clip.max(0).values
+        out[f"{part}_{name}_best"] = float(best.mean())
+    return out
 
 
 class VideoRecon(VideoMetrics):
