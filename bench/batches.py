@@ -81,7 +81,11 @@ def batches(dataset: Any, family: Any, cfg: dict[str, Any], seed: int, device: s
         data = data.to(device) if isinstance(data, torch.Tensor) else data
         labels = None if labels is None else labels.to(device)
     sampler = SeededBatchIndices(len(data), cfg["batch_size"], cfg["steps"], seed, start)
+    # a generator of its own: an iterator draws its workers' base seed from it, and from torch's global
+    # generator otherwise, which would shift the global stream (dropout) against a run without a loader
+    # and against a resumed run (bench.train_state restores the global state)
     loader = DataLoader(RowReader(data, labels), sampler=sampler, batch_size=None, num_workers=workers,
-                        pin_memory=workers > 0 and torch.device(device).type == "cuda")
+                        pin_memory=workers > 0 and torch.device(device).type == "cuda",
+                        generator=torch.Generator().manual_seed(derive_seed(seed, "train-loader")))
     return ((x.to(device) if isinstance(x, torch.Tensor) else x, None if y is None else y.to(device))
             for x, y in loader)

@@ -177,3 +177,14 @@ def test_num_workers_changes_neither_the_default_hash_nor_the_train_key(manager,
     assert two.train["num_workers"] == 2 and plain.train_key == zero.train_key == two.train_key
     with pytest.raises(SuiteError, match="num_workers"):
         case(", num_workers: -1")
+
+
+def test_reading_batches_leaves_torch_global_generator_alone(digits):
+    """Dropout draws from torch's global generator; a DataLoader iterator without a generator of its
+    own draws its base seed from it, which shifted a resumed training's stream (bench.train_state)."""
+    family = type("Family", (), {"wants_labels": False})()
+    cfg = {"batch_size": 8, "steps": 3, "num_workers": 0}
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    list(batches(digits, family, cfg, seed=0))
+    assert torch.equal(before, torch.get_rng_state())
