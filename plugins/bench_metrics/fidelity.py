@@ -45,7 +45,8 @@ from .common import OTHER_SPLIT, RealSets, Rows, generated, real_sets, tensor_di
 from .digits_classifier import threads
 from .extractors import (FidelityExtractor, as_fidelity_extractor, preprocessing, register_with_torch_fidelity,
                          to_uint8_rgb)
-from .stream import CONVERT_ROWS, FeatureStream, feed, uint8_digest
+from . import stream as streams
+from .stream import FeatureStream, feed, uint8_digest
 
 # torch-fidelity is imported inside the functions that use it, so that reading this module's signatures
 # (`bench validate`, `bench run --dry-run`) does not import it
@@ -130,7 +131,7 @@ def uint8_and_digest(rows: Rows | torch.Tensor, info, quantize: bool) -> tuple[t
     rows = rows if isinstance(rows, Rows) else Rows(rows)
     if len(rows) * 3 * info.shape[-2] * info.shape[-1] > HOLD_U8_BYTES:
         return None, uint8_digest(rows, info.levels, quantize)
-    u8 = torch.cat([to_uint8_rgb(x, info.levels, quantize) for x in rows.chunks(CONVERT_ROWS)])
+    u8 = torch.cat([to_uint8_rgb(x, info.levels, quantize) for x in rows.chunks(streams.CONVERT_ROWS)])
     return u8, tensor_digest(u8)
 
 
@@ -141,8 +142,8 @@ def _features_of(ext: FidelityExtractor, rows, u8, info, quantize: bool, batch_s
     if u8 is None:
         feed(stream, rows)
     else:
-        for lo in range(0, len(u8), CONVERT_ROWS):
-            stream.update_u8(u8[lo:lo + CONVERT_ROWS])
+        for lo in range(0, len(u8), streams.CONVERT_ROWS):
+            stream.update_u8(u8[lo:lo + streams.CONVERT_ROWS])
     return stream.finish()
 
 

@@ -98,18 +98,20 @@ class FeatureStream:
         return self.hash.hexdigest()
 
 
-def feed(stream: FeatureStream, rows: Rows | torch.Tensor, chunk: int = CONVERT_ROWS) -> FeatureStream:
-    """Feed every row of a tensor or :class:`Rows` in chunks of ``chunk`` rows."""
+def feed(stream: FeatureStream, rows: Rows | torch.Tensor, chunk: int | None = None) -> FeatureStream:
+    """Feed every row of a tensor or :class:`Rows` in chunks of ``chunk`` rows (:data:`CONVERT_ROWS`)."""
     rows = rows if isinstance(rows, Rows) else Rows(rows)
+    chunk = chunk or CONVERT_ROWS
     for x in rows.chunks(chunk):
         stream.update_u8(to_uint8_rgb(x, stream.levels, stream.quantize))
     return stream
 
 
 def uint8_digest(rows: Rows | torch.Tensor, levels: int | None, quantize: bool,
-                 chunk: int = CONVERT_ROWS) -> str:
+                 chunk: int | None = None) -> str:
     """``tensor_digest(to_uint8_rgb(rows))`` computed chunk by chunk (nothing extracted)."""
     rows = rows if isinstance(rows, Rows) else Rows(rows)
+    chunk = chunk or CONVERT_ROWS
     h = None
     for x in rows.chunks(chunk):
         u8 = to_uint8_rgb(x, levels, quantize)
