@@ -388,7 +388,8 @@ class _Fidelity(abc.ABC):
                        f"{k}_feature_dim": float(gen.features.shape[1]), **sets.counts(k)})
         values.update({f"{k}_{name}": v for name, v in self.extractor.metrics().items()})
         desc = self.extractor.describe()
-        ctx.log(f"{k}: extractor {desc['name']} (layer {desc['feature_layer']}, d={gen.features.shape[1]}), "
+        sha = f", weights sha256 {desc['weights_sha256'][:12]}" if desc.get("weights_sha256") else ""
+        ctx.log(f"{k}: extractor {desc['name']} (layer {desc['feature_layer']}, d={gen.features.shape[1]}{sha}), "
                 f"{n_gen} generated vs {len(sets.reference)} {sets.reference_split}; floor from "
                 f"{len(sets.floor)} {sets.floor_split}" + (f"; NOTE: {desc['note']}" if desc.get("note") else ""))
         record = {"metric": k, "extractor": desc, "preprocessing": preprocessing(ctx.data.levels, self.quantize),

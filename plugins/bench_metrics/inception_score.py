@@ -147,7 +147,8 @@ class InceptionScore:
             values.update({f"{k}_real_mean": r_mean, f"{k}_real_std": r_std,
                            f"{k}_real_num_samples": float(len(real))})
         desc = self.extractor.describe()
-        ctx.log(f"{k}: extractor {desc['name']} (layer {self.layer}), {n} generated, {splits} splits")
+        sha = f", weights sha256 {desc['weights_sha256'][:12]}" if desc.get("weights_sha256") else ""
+        ctx.log(f"{k}: extractor {desc['name']} (layer {self.layer}{sha}), {n} generated, {splits} splits")
         record = {"metric": k, "extractor": desc, "layer": self.layer, "values": values,
                   "preprocessing": preprocessing(ctx.data.levels, self.quantize),
                   "shuffle": self.shuffle, "rng_seed": self.rng_seed}
