@@ -218,3 +218,35 @@ def test_an_incomplete_or_missing_samples_file_is_one_clear_line(workdir, manage
 
     with pytest.raises((SuiteErrors, UserError), match="no such file"):
         runner_for(workdir, manager, eval_extra=", samples_from: nowhere.npz")
+
+
+def test_fid_without_its_floor_gives_the_same_fid_and_extracts_no_floor(workdir, images):
+    from bench.protocols import DataInfo
+
+    class Data:
+        info = DataInfo(name="img", shape=(3, 8, 8), modality="image", levels=256)
+
+        def split(self, name):
+            return images[:300] if name == "test" else images[300:]
+
+    ctx = metric_context(Data(), images[:200], store=workdir / "store")
+    spec = {"name": "fid", "extractor": {"name": "random-proj", "dim": 16}, "bootstrap": 0}
+    with_floor = ctx.build("metric", spec).compute(ctx)
+    before = dict(fidelity.COUNTERS)
+    ctx2 = metric_context(Data(), images[:200], store=workdir / "store2")
+    without = ctx2.build("metric", {**spec, "floor": False}).compute(ctx2)
+    assert without["fid"] == with_floor["fid"] and "fid_floor" in with_floor
+    assert "fid_floor" not in without and "fid_floor_num_samples" not in without
+    assert fidelity.COUNTERS["reference_computed"] - before["reference_computed"] == 1  # the reference only
+
+
+def test_fid_on_an_unlabelled_npz_data_set(workdir, images):
+    """npz without ``y`` has a ``labels`` method that raises: the reference then has no labels (the
+    metric failed with "has no labels" before)."""
+    from bench_data.npz import NPZImages
+
+    np.savez(workdir / "d.npz", x=to_uint8_rgb(images, 256).numpy())
+    data = NPZImages(path=workdir / "d.npz", test_fraction=0.5)
+    ctx = metric_context(data, images[:100], store=workdir / "store")
+    out = ctx.build("metric", {"name": "fid", "extractor": {"name": "random-proj", "dim": 8}, "bootstrap": 0}).compute(ctx)
+    assert out["fid"] > 0 and ctx.labels("reference", {"name": "random-proj", "dim": 8}) is None

@@ -119,11 +119,23 @@ def real_sets(dataset: Any, n: int, reference_split: str = "test",
         log(f"noise floor: the {floor_split} split has {len(pool)} < {n} samples; the floor uses all of them")
     floor = pick(pool, n, "floor", floor_split)
     out = RealSets(ref, floor, reference_split, floor_split)
-    if hasattr(dataset, "labels"):  # the same subsets of the labels (same seeds, same lengths)
+    if has_labels(dataset):  # the same subsets of the labels (same seeds, same lengths)
         out.reference_labels = fixed_subset(dataset.labels(reference_split), reference_num_samples, "reference",
                                             reference_split)
         out.floor_labels = fixed_subset(dataset.labels(floor_split), n, "floor", floor_split)
     return out
+
+
+def has_labels(dataset: Any) -> bool:
+    """Whether ``dataset.labels(split)`` gives labels (a loader of optionally labelled data, such as
+    ``npz`` without ``y``, has the method and raises ValueError)."""
+    if not hasattr(dataset, "labels"):
+        return False
+    try:
+        dataset.labels("test")
+    except ValueError:
+        return False
+    return True
 
 
 def flat64(x: torch.Tensor) -> torch.Tensor:

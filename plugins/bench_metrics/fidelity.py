@@ -316,7 +316,8 @@ class _Fidelity(abc.ABC):
     the floor sample is unseen by the extractor just like generated samples are, else ``test``),
     ``reference_num_samples`` (default all), ``quantize``
     (quantise generated samples to the data's levels before the uint8 conversion), ``batch_size``
-    (feature extraction), ``key`` (metric key prefix)."""
+    (feature extraction), ``key`` (metric key prefix). ``fid`` also takes ``floor`` (default true;
+    false skips the noise-floor sample: no ``fid_floor``, a third less feature extraction when cold)."""
 
     default_key = "?"
     #: recentre the bootstrap interval on the estimate (:mod:`bench_metrics.bootstrap`)
@@ -327,8 +328,10 @@ class _Fidelity(abc.ABC):
                  reference_split: Literal["train", "test"] | None = None,
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
                  quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64,
-                 key: str | None = None, bootstrap: Annotated[int, Field(ge=0)] = 200, context=None):
+                 key: str | None = None, bootstrap: Annotated[int, Field(ge=0)] = 200, floor: bool = True,
+                 context=None):
         built = context.build("feature_extractor", extractor)
+        self.floor = floor
         self.extractor = as_fidelity_extractor(built, context.data)
         self.reference_split = reference_split or default_reference_split(self.extractor)
         self.num_samples = num_samples
@@ -337,13 +340,13 @@ class _Fidelity(abc.ABC):
         self.bootstrap = bootstrap
 
     # ------------------------------------------------------------------ shared steps
-    def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features]:
+    def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features | None]:
         self.extractor.prepare()
         sets = real_sets(dataset, n, self.reference_split, self.reference_num_samples, log, lazy=True)
         ref = real_features(self.extractor, sets.reference, dataset.info, sets.reference_split, self.quantize,
                             self.batch_size, store, log)
-        floor = real_features(self.extractor, sets.floor, dataset.info, sets.floor_split, self.quantize,
-                              self.batch_size, store, log)
+        floor = None if not self.floor else real_features(self.extractor, sets.floor, dataset.info, sets.floor_split,
+                                                          self.quantize, self.batch_size, store, log)
         return sets, ref, floor
 
     def precompute(self, dataset, num_samples: int | None, store, log=lambda m: None) -> dict[str, Any]:
@@ -355,8 +358,8 @@ class _Fidelity(abc.ABC):
         return {"metric": self.key, "extractor": self.extractor.describe(), "dataset": dataset.info.name,
                 "reference": {"split": sets.reference_split, "num_samples": len(sets.reference), "key": ref.key,
                               "cached": ref.cached},
-                "floor": {"split": sets.floor_split, "num_samples": len(sets.floor), "key": floor.key,
-                          "cached": floor.cached}}
+                "floor": floor and {"split": sets.floor_split, "num_samples": len(sets.floor), "key": floor.key,
+                                    "cached": floor.cached}}
 
     def accumulate(self, ctx, chunk: torch.Tensor, start: int) -> None:
         """Streaming form (docs/plugins.md): extract the features of one chunk of generated samples
@@ -380,21 +383,23 @@ class _Fidelity(abc.ABC):
         n, m, d = len(gen.features), len(ref.features), gen.features.shape[1]
         if self.bootstrap and bootstrap.affordable(k, self.bootstrap_operations(n, m, d), ctx.log):
             values.update(self.intervals(gen.features, ref.features, values))
-        if len(sets.floor) < n_gen:  # the floor is smaller: also give the value at the floor's size
+        if floor is not None and len(sets.floor) < n_gen:  # the floor is smaller: the value at its size too
             nf = len(sets.floor)
             small = Features(gen.features[:nf], fid_features_to_statistics(gen.features[:nf]), gen.key, True)
             values.update({f"{name}_at_floor_n": v for name, v in self.values(small, ref, None).items()})
         values.update({f"{k}_num_samples": float(n_gen), f"{k}_ref_cached": float(ref.cached),
                        f"{k}_feature_dim": float(gen.features.shape[1]), **sets.counts(k)})
+        if floor is None:
+            del values[f"{k}_floor_num_samples"]
         values.update({f"{k}_{name}": v for name, v in self.extractor.metrics().items()})
         desc = self.extractor.describe()
         sha = f", weights sha256 {desc['weights_sha256'][:12]}" if desc.get("weights_sha256") else ""
         ctx.log(f"{k}: extractor {desc['name']} (layer {desc['feature_layer']}, d={gen.features.shape[1]}{sha}), "
-                f"{n_gen} generated vs {len(sets.reference)} {sets.reference_split}; floor from "
-                f"{len(sets.floor)} {sets.floor_split}" + (f"; NOTE: {desc['note']}" if desc.get("note") else ""))
+                f"{n_gen} generated vs {len(sets.reference)} {sets.reference_split}; "
+                + (f"floor from {len(sets.floor)} {sets.floor_split}" if floor is not None else "no floor") + (f"; NOTE: {desc['note']}" if desc.get("note") else ""))
         record = {"metric": k, "extractor": desc, "preprocessing": preprocessing(ctx.data.levels, self.quantize),
                   "reference": {"split": sets.reference_split, "key": ref.key, "cached": ref.cached},
-                  "floor": {"split": sets.floor_split, "key": floor.key}, "batch_size": self.batch_size,
+                  "floor": floor and {"split": sets.floor_split, "key": floor.key}, "batch_size": self.batch_size,
                   "values": values, "torch_fidelity_kwargs": self.extractor.fidelity_kwargs()}
         (ctx.artifact_dir / f"{k}.json").write_text(json.dumps(record, indent=1, default=str))
         return values
@@ -458,7 +463,7 @@ class KID(_Fidelity):
                  subsets: Annotated[int, Field(gt=0)] = 100, subset_size: Annotated[int, Field(gt=1)] = 1000,
                  bootstrap: Annotated[int, Field(ge=0)] = 200, context=None):
         super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
-                         key, bootstrap, context)
+                         key, bootstrap, True, context)
         self.subsets, self.subset_size = subsets, subset_size
 
     def values(self, gen, ref, floor):
@@ -492,7 +497,7 @@ class PRC(_Fidelity):
                  neighborhood: Annotated[int, Field(gt=0)] = 3, bootstrap: Annotated[int, Field(ge=0)] = 200,
                  context=None):
         super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
-                         key, bootstrap, context)
+                         key, bootstrap, True, context)
         self.neighborhood = neighborhood
 
     def values(self, gen, ref, floor):
