@@ -250,3 +250,17 @@ def test_fid_on_an_unlabelled_npz_data_set(workdir, images):
     ctx = metric_context(data, images[:100], store=workdir / "store")
     out = ctx.build("metric", {"name": "fid", "extractor": {"name": "random-proj", "dim": 8}, "bootstrap": 0}).compute(ctx)
     assert out["fid"] > 0 and ctx.labels("reference", {"name": "random-proj", "dim": 8}) is None
+
+
+def test_the_digest_of_a_real_set_is_remembered_until_the_tensor_changes(images):
+    from bench.protocols import DataInfo
+
+    info = DataInfo(name="img", shape=(3, 8, 8), modality="image", levels=256)
+    data = images.clone()
+    rows = subset_rows(data, 100, "floor", "train")
+    want = tensor_digest(to_uint8_rgb(rows.tensor(), 256))
+    assert fidelity.uint8_and_digest(rows, info, True, memo=True)[1] == want
+    u8, again = fidelity.uint8_and_digest(rows, info, True, memo=True)
+    assert u8 is None and again == want  # remembered: nothing converted
+    data.mul_(-1)  # in place: the version counter moves, the memo no longer applies
+    assert fidelity.uint8_and_digest(rows, info, True, memo=True)[1] == tensor_digest(to_uint8_rgb(rows.tensor(), 256)) != want

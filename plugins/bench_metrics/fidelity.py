@@ -125,14 +125,43 @@ class Features:
 HOLD_U8_BYTES = 64 << 20
 
 
-def uint8_and_digest(rows: Rows | torch.Tensor, info, quantize: bool) -> tuple[torch.Tensor | None, str]:
+#: digests of real sets already hashed in this process: (tensor identity, rows, preprocessing) -> digest
+_DIGESTS: "OrderedDict[tuple, tuple[torch.Tensor, str]]" = OrderedDict()
+
+
+def _memo_key(rows: Rows, info, quantize: bool) -> tuple:
+    """Identifies the content of ``rows`` while the tensor is alive and unmodified: its storage,
+    layout and version counter (bumped by every in-place change), and the row indices' bytes."""
+    d = rows.data
+    index = None if rows.index is None else tensor_digest(rows.index)
+    return (d.data_ptr(), tuple(d.shape), d.stride(), d.dtype, d._version, index, info.levels, bool(quantize))
+
+
+def uint8_and_digest(rows: Rows | torch.Tensor, info, quantize: bool,
+                     memo: bool = False) -> tuple[torch.Tensor | None, str]:
     """(uint8 RGB images or None, their :func:`tensor_digest`), converted chunk by chunk; the images
-    are kept only when they fit in :data:`HOLD_U8_BYTES`."""
+    are kept only when they fit in :data:`HOLD_U8_BYTES`. With ``memo`` (real sets: the same split
+    tensor for every case of a worker) the digest is remembered for the tensor as long as it is
+    alive and unmodified (the memo holds a reference, so its storage cannot be reused), and a repeat
+    returns (None, digest) without converting or hashing again."""
     rows = rows if isinstance(rows, Rows) else Rows(rows)
+    key = _memo_key(rows, info, quantize) if memo else None
+    if key is not None:
+        with _LOCK:
+            hit = _DIGESTS.get(key)
+        if hit is not None:
+            return None, hit[1]
     if len(rows) * 3 * info.shape[-2] * info.shape[-1] > HOLD_U8_BYTES:
-        return None, uint8_digest(rows, info.levels, quantize)
-    u8 = torch.cat([to_uint8_rgb(x, info.levels, quantize) for x in rows.chunks(streams.CONVERT_ROWS)])
-    return u8, tensor_digest(u8)
+        u8, digest = None, uint8_digest(rows, info.levels, quantize)
+    else:
+        u8 = torch.cat([to_uint8_rgb(x, info.levels, quantize) for x in rows.chunks(streams.CONVERT_ROWS)])
+        digest = tensor_digest(u8)
+    if key is not None:
+        with _LOCK:
+            _DIGESTS[key] = (rows.data, digest)
+            while len(_DIGESTS) > 16:
+                _DIGESTS.popitem(last=False)
+    return u8, digest
 
 
 def _features_of(ext: FidelityExtractor, rows, u8, info, quantize: bool, batch_size: int) -> torch.Tensor:
@@ -151,7 +180,7 @@ def real_features(ext: FidelityExtractor, x: Rows | torch.Tensor, info, split: s
                   batch_size: int, store, log=lambda m: None) -> Features:
     """Features and FID statistics of real images ``x`` (a tensor or lazy :class:`Rows`), from the
     store or computed (chunk by chunk) and stored."""
-    u8, digest = uint8_and_digest(x, info, quantize)
+    u8, digest = uint8_and_digest(x, info, quantize, memo=True)
     what = {"dataset": info.name, "split": split, "num_samples": len(x),
             "preprocessing": preprocessing(info.levels, quantize), "extractor": identity(ext),
             "batch_size": batch_size}
