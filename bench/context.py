@@ -96,7 +96,7 @@ class MetricContext:
     """What a metric sees.
 
     - ``samples``: the case's generated samples ``(N, *shape)`` in model space (None when the case
-      has no sampler, e.g. likelihood-only);
+      has no sampler, e.g. likelihood-only, and when the samples were streamed: see below);
     - ``dataset`` / ``data``: the dataset object and its info; ``dataset.split("test")`` is the
       held-out reference;
     - ``family``: the trained family (EMA weights), ``sampler``: the sampler;
@@ -111,7 +111,16 @@ class MetricContext:
       named feature space (a registered ``feature_extractor``: ``auto``, ``digits-classifier``,
       ``inception-v3-compat``, ``random-proj``, ...) of the generated samples, the reference set or the
       noise-floor sample: the very features (and store cache) the ``fid``/``kid``/``prc`` metrics use
-      with the same options (docs/metrics.md, "Reference and noise floor").
+      with the same options (docs/metrics.md, "Reference and noise floor");
+    - ``num_samples``: the number of generated samples of a case that streams them (None otherwise);
+      ``shared``: a dict shared by the case's metrics (e.g. one feature stream for fid, kid and prc).
+
+    Streaming (docs/plugins.md, "Metrics at full size"): the runner draws samples in chunks of
+    ``eval.batch_size``. A metric with a method ``accumulate(ctx, chunk, start)`` gets every chunk
+    (float32, CPU, model space; ``start`` is the index of its first sample) while the case samples,
+    then ``compute(ctx)`` with ``ctx.samples`` None and ``ctx.num_samples`` set. A metric without it
+    gets the whole tensor in ``ctx.samples`` when ``eval.num_samples <= eval.hold_samples`` or when it
+    sets ``needs_samples = True``; otherwise it is skipped with the reason.
     """
 
     samples: Any
@@ -127,6 +136,8 @@ class MetricContext:
     timings: dict[str, float] = field(default_factory=dict)
     nfe: float | None = None
     case_config: dict[str, Any] = field(default_factory=dict)
+    num_samples: int | None = None
+    shared: dict[Any, Any] = field(default_factory=dict, repr=False)
     _spaces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

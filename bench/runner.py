@@ -17,19 +17,21 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from . import plots, train_state, trainer
+from . import plots, samplefile, train_state, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
 from .device import autocast, tf32
-from .errors import BudgetExceeded, CaseFailed
+from .errors import BudgetExceeded, UserError
+from .samplefile import SampleWriter
+from .samplesink import SampleSink
 from .executors import signals
 from .redact import redact_secrets
 from .rng import derive_seed, sample_batches
 from .store import Store, content_key
-from .suite import Case, dump_yaml, label
+from .suite import Case, EvalConfig, dump_yaml, label
 from .timing import DeviceClock, NFECounter, PhaseTimer, peak_gpu_mem_mb, peak_rss_mb
 
 
@@ -209,10 +211,13 @@ class CaseRunner:
             self.store.remove("checkpoints", key)
             return None
 
-    def sample(self, family, sampler, n: int, start_index: int = 0, stream: str = "sample") -> SampleOutput:
+    def sample(self, family, sampler, n: int, start_index: int = 0, stream: str = "sample",
+               consume: Callable[[torch.Tensor], None] | None = None) -> SampleOutput:
         """``n`` samples drawn on the case's device, under autocast for bf16/fp16 (returned in float32
         on the CPU, where metrics read them); the time is the device's (:class:`DeviceClock`). Sample
-        ``i`` draws from the stream of (sample seed, ``stream``, ``i``): the training seed plays no part."""
+        ``i`` draws from the stream of (sample seed, ``stream``, ``i``): the training seed plays no part.
+        With ``consume``, each batch goes to ``consume`` (float32, CPU) as soon as it is drawn, nothing
+        is held (``samples`` is None), and the time ``consume`` takes is not sampling time."""
         bs = self.case.eval["batch_size"]
         device = self.case.device
         limit = self.case.budget.get("max_nfe")
@@ -228,6 +233,7 @@ class CaseRunner:
         modules = list(family.nfe_modules())
         check = [m.register_forward_pre_hook(lambda *_: deadline.check("sampling")) for m in modules[:1]]
         clock = DeviceClock(device)
+        seconds = 0.0
         try:
             clock.start()
             with counter.attached(modules), torch.set_grad_enabled(grad):
@@ -235,12 +241,19 @@ class CaseRunner:
                     counter.new_batch()
                     with autocast(device, self.case.precision):
                         x = sampler.sample(family, rng)
-                    outs.append(x.detach())
                     batches += 1
-            seconds = clock.stop()
+                    if consume is None:
+                        outs.append(x.detach())
+                        continue
+                    seconds += clock.stop()
+                    consume(_cpu_float32(x.detach()))
+                    clock.start()
+            seconds += clock.stop()
         finally:
             for h in check:
                 h.remove()
+        if consume is not None:
+            return SampleOutput(None, seconds, counter.calls / max(batches, 1))
         samples = torch.cat(outs)
         if samples.dtype in (torch.float16, torch.bfloat16):
             samples = samples.float()
@@ -254,12 +267,26 @@ class CaseRunner:
             return {label(spec): self.regs.metric.create(spec, context=ctx)
                     for spec in self.case.metrics if label(spec) not in self.skipped}
 
-    def run_metrics(self, family, sampler, dataset, samples, ctx: BuildContext, metrics: dict[str, Any]) -> None:
+    def metric_contexts(self, family, sampler, dataset, ctx: BuildContext) -> dict[str, MetricContext]:
+        """One :class:`MetricContext` per active metric, made before sampling (streaming metrics get
+        the chunks with it) and sharing ``shared``; samples, timings and NFE are filled in later."""
         def resample(n: int) -> SampleOutput:
             if sampler is None:
                 raise MetricSkipped("the case has no sampler")
             return self.sample(family, sampler, n, start_index=10**9, stream="timing")
 
+        mdir = self.dir / "artifacts"
+        mdir.mkdir(exist_ok=True)
+        shared: dict[Any, Any] = {}
+        return {label(spec): MetricContext(None, dataset, family, sampler,
+                                           {k: v for k, v in spec.items() if k not in ("name", "id")},
+                                           self.case.sample_seed, self.store, mdir, ctx, resample,
+                                           case_config=self.case.config(), shared=shared)
+                for spec in self.case.metrics if label(spec) not in self.skipped}
+
+    def run_metrics(self, family, sampler, dataset, samples, ctx: BuildContext, metrics: dict[str, Any],
+                    contexts: dict[str, MetricContext] | None = None) -> None:
+        contexts = contexts or self.metric_contexts(family, sampler, dataset, ctx)
         for spec in self.case.metrics:
             name = label(spec)
             if name in self.skipped:
@@ -267,12 +294,10 @@ class CaseRunner:
             self.deadline.check(f"metric {name}")
             self.phase(f"metric {name}")
             metric = metrics[name]
-            mdir = self.dir / "artifacts"
-            mdir.mkdir(exist_ok=True)
-            mctx = MetricContext(samples, dataset, family, sampler,
-                                 {k: v for k, v in spec.items() if k not in ("name", "id")},
-                                 self.case.sample_seed, self.store, mdir, ctx, resample,
-                                 dict(self.timer.seconds), self.metrics.get("nfe"), self.case.config())
+            mctx = contexts[name]
+            if mctx.num_samples is None or not callable(getattr(metric, "accumulate", None)):
+                mctx.samples = samples
+            mctx.timings, mctx.nfe = dict(self.timer.seconds), self.metrics.get("nfe")
             try:
                 with self.timer.phase(f"metric:{name}"):
                     values = metric.compute(mctx)
@@ -323,25 +348,80 @@ class CaseRunner:
         self.train_or_load(family, dataset)
         family.eval()
         self._describe(family, "family")
+        contexts = self.metric_contexts(family, sampler, dataset, ctx)
         samples = None
-        if sampler is not None:
-            out = self.sample(family, sampler, case.eval["num_samples"])
-            self._describe(sampler, "sampler")  # after sampling: samplers may report what they did
-            samples = out.samples
-            if not torch.isfinite(samples).all():
-                bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
-                raise CaseFailed(f"sampler produced non-finite values in {bad} of {len(samples)} samples")
-            self.timer.seconds["sample"] = out.seconds
-            self.metrics.update({"sample_time_s": out.seconds, "nfe": out.nfe,
-                                 "samples_per_s": len(samples) / max(out.seconds, 1e-12),
-                                 "num_samples": float(len(samples))})
-            if out.nfe:
-                batches = math.ceil(len(samples) / case.eval["batch_size"])
-                self.metrics["ms_per_nfe"] = 1000 * out.seconds / (out.nfe * batches)
-            if getattr(sampler, "steps", None) is not None:
-                self.metrics["steps"] = float(sampler.steps)
-            self._grid(samples, dataset)
-        self.run_metrics(family, sampler, dataset, samples, ctx, metrics)
+        if sampler is not None or case.eval.get("samples_from"):
+            samples = self.evaluate_samples(family, sampler, dataset, metrics, contexts)
+        self.run_metrics(family, sampler, dataset, samples, ctx, metrics, contexts)
+
+    def evaluate_samples(self, family, sampler, dataset, metrics: dict[str, Any],
+                         contexts: dict[str, MetricContext]) -> torch.Tensor | None:
+        """Draw the case's samples in chunks (or read them from ``eval.samples_from``) into a
+        :class:`SampleSink`: streaming metrics accumulate, ``eval.save_samples`` writes them, and the
+        whole tensor is held (and returned) only when a metric without a streaming form gets it."""
+        case, n = self.case, self.case.eval["num_samples"]
+        sink = self._sink(metrics, contexts, dataset, n)
+        source = case.eval.get("samples_from")
+        try:
+            if source:
+                sampling = self._replay(source, n, sink)
+            else:
+                out = self.sample(family, sampler, n, consume=sink)
+                self._describe(sampler, "sampler")  # after sampling: samplers may report what they did
+                sampling = {"sample_time_s": out.seconds, "nfe": out.nfe,
+                            "samples_per_s": sink.count / max(out.seconds, 1e-12)}
+                if out.nfe:
+                    sampling["ms_per_nfe"] = 1000 * out.seconds / (out.nfe * math.ceil(n / case.eval["batch_size"]))
+                if getattr(sampler, "steps", None) is not None:
+                    sampling["steps"] = float(sampler.steps)
+            sink.finish()
+        except BaseException:
+            if sink.writer is not None:
+                sink.writer.abort()
+            raise
+        if sink.writer is not None:
+            path = sink.writer.close({"case_id": case.id, "case_hash": case.hash, "sampling": sampling})
+            self.log(f"samples saved to {path} ({sink.writer.encoding})")
+        self.timer.seconds["sample"] = sampling.get("sample_time_s", 0.0)
+        self.metrics.update({**sampling, "num_samples": float(sink.count)})
+        self._grid(sink.first(), dataset)
+        return sink.samples()
+
+    def _sink(self, metrics: dict[str, Any], contexts: dict[str, MetricContext], dataset, n: int) -> SampleSink:
+        """The sink for ``n`` samples: which metrics stream, which get the held tensor, which are skipped."""
+        ev = self.case.eval
+        hold_limit = ev.get("hold_samples", EvalConfig.model_fields["hold_samples"].default)
+        streaming, hold = [], False
+        for name, mctx in contexts.items():
+            metric = metrics[name]
+            if callable(getattr(metric, "accumulate", None)):
+                mctx.num_samples = n
+                streaming.append((name, metric, mctx))
+            elif n <= hold_limit or getattr(metric, "needs_samples", False):
+                hold = True
+            else:
+                self.skipped[name] = (f"needs all {n} samples in memory and has no streaming form: raise "
+                                      f"eval.hold_samples (now {hold_limit}) or set needs_samples on the metric")
+        grid = ev["grid"]
+        head = max(grid, 2000) if grid and dataset.info.modality == "points" else grid
+        writer = None
+        if ev.get("save_samples"):
+            writer = SampleWriter(self.dir, samplefile.encoding_for(ev["save_samples"], dataset.info.levels),
+                                  dataset.info.levels)
+        return SampleSink(hold=hold, head=head, writer=writer, streaming=streaming, timed=self.timer.phase,
+                          on_skip=lambda name, reason: self.skipped.__setitem__(name, reason))
+
+    def _replay(self, source: str, n: int, sink: SampleSink) -> dict[str, float]:
+        """Feed the first ``n`` saved samples of ``source`` to ``sink``; the sampling numbers saved with them."""
+        meta = samplefile.read_meta(source)
+        if meta["num_samples"] < n:
+            raise UserError(f"eval.samples_from: {source} holds {meta['num_samples']} samples, the case needs {n}")
+        self.phase("sample")
+        for x in samplefile.read_chunks(source, n):
+            sink(x)
+        self.log(f"samples read from {samplefile.resolve(source)} (saved by case {meta.get('case_id')}, "
+                 f"{meta['encoding']}); the sampler was not called")
+        return {k: float(v) for k, v in meta.get("sampling", {}).items() if v is not None}
 
     def _describe(self, obj, what: str) -> None:
         if hasattr(obj, "describe"):
@@ -355,9 +435,9 @@ class CaseRunner:
             path.write_text(json.dumps(desc, indent=1, default=_jsonable))
             self.artifacts.append(path.name)
 
-    def _grid(self, samples: torch.Tensor, dataset) -> None:
+    def _grid(self, samples: torch.Tensor | None, dataset) -> None:
         n = self.case.eval["grid"]
-        if n <= 0:
+        if n <= 0 or samples is None:
             return
         try:
             reference = dataset.split("test")
@@ -396,6 +476,13 @@ class CaseRunner:
         record["case_dir"] = str(self.dir)
         write_record(self.dir, record)
         return record
+
+
+def _cpu_float32(x: torch.Tensor) -> torch.Tensor:
+    """A batch as metrics read it: float32 (from bf16/fp16) on the CPU."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return x.cpu()
 
 
 def _error_line(exc: BaseException) -> str:

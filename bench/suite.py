@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
 from .errors import (ErrorCollector, Location, SuiteError, SuiteErrors, UnknownComponentError, UserError,
                      did_you_mean)
@@ -67,12 +67,34 @@ def hashed_train(train: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train.items() if k not in UNHASHED_TRAIN_KEYS}
 
 
+def _existing_file(path: str) -> str:
+    if not Path(path).expanduser().is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
 class EvalConfig(_Strict):
-    """Evaluation: how many samples, in what batches, and how many go into the sample grid."""
+    """Evaluation: how many samples, in what batches, and how many go into the sample grid; whether
+    the samples are saved (``save_samples``: true, ``uint8`` or ``float32``) or read back from a saved
+    file (``samples_from``), and up to how many are held in memory for metrics without a streaming
+    form (``hold_samples``; docs/metrics.md, "Metrics at full size")."""
 
     num_samples: Annotated[int, Field(gt=0)] = 1000
     batch_size: Annotated[int, Field(gt=0)] = 500
     grid: Annotated[int, Field(ge=0)] = 64
+    save_samples: Union[bool, Literal["uint8", "float32"]] = False
+    samples_from: Optional[Annotated[str, AfterValidator(_existing_file)]] = None
+    hold_samples: Annotated[int, Field(ge=0)] = 10000
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults_of_later_keys(self, handler):
+        """The keys added after the first three appear only when set, so that the case hashes of
+        suites that do not set them stay those from before they existed."""
+        out = handler(self)
+        for key in ("save_samples", "samples_from", "hold_samples"):
+            if key in out and out[key] == type(self).model_fields[key].default:
+                del out[key]
+        return out
 
 
 class BudgetConfig(_Strict):

@@ -41,10 +41,12 @@ from bench.protocols import FeatureSet
 from bench.store import content_key
 
 from . import bootstrap
-from .common import OTHER_SPLIT, RealSets, generated, real_sets, tensor_digest
+from .common import OTHER_SPLIT, RealSets, Rows, generated, real_sets, tensor_digest
 from .digits_classifier import threads
 from .extractors import (FidelityExtractor, as_fidelity_extractor, preprocessing, register_with_torch_fidelity,
                          to_uint8_rgb)
+from . import stream as streams
+from .stream import FeatureStream, feed, uint8_digest
 
 # torch-fidelity is imported inside the functions that use it, so that reading this module's signatures
 # (`bench validate`, `bench run --dry-run`) does not import it
@@ -118,14 +120,71 @@ class Features:
     cached: bool
 
 
-def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, quantize: bool,
+#: real or held image sets up to this many uint8 bytes are converted once and kept while their
+#: digest is taken; larger ones (the floor sample of a 50k FID) are read twice, chunk by chunk
+HOLD_U8_BYTES = 64 << 20
+
+
+#: digests of real sets already hashed in this process: (tensor identity, rows, preprocessing) -> digest
+_DIGESTS: "OrderedDict[tuple, tuple[torch.Tensor, str]]" = OrderedDict()
+
+
+def _memo_key(rows: Rows, info, quantize: bool) -> tuple:
+    """Identifies the content of ``rows`` while the tensor is alive and unmodified: its storage,
+    layout and version counter (bumped by every in-place change), and the row indices' bytes."""
+    d = rows.data
+    index = None if rows.index is None else tensor_digest(rows.index)
+    return (d.data_ptr(), tuple(d.shape), d.stride(), d.dtype, d._version, index, info.levels, bool(quantize))
+
+
+def uint8_and_digest(rows: Rows | torch.Tensor, info, quantize: bool,
+                     memo: bool = False) -> tuple[torch.Tensor | None, str]:
+    """(uint8 RGB images or None, their :func:`tensor_digest`), converted chunk by chunk; the images
+    are kept only when they fit in :data:`HOLD_U8_BYTES`. With ``memo`` (real sets: the same split
+    tensor for every case of a worker) the digest is remembered for the tensor as long as it is
+    alive and unmodified (the memo holds a reference, so its storage cannot be reused), and a repeat
+    returns (None, digest) without converting or hashing again."""
+    rows = rows if isinstance(rows, Rows) else Rows(rows)
+    key = _memo_key(rows, info, quantize) if memo else None
+    if key is not None:
+        with _LOCK:
+            hit = _DIGESTS.get(key)
+        if hit is not None:
+            return None, hit[1]
+    if len(rows) * 3 * info.shape[-2] * info.shape[-1] > HOLD_U8_BYTES:
+        u8, digest = None, uint8_digest(rows, info.levels, quantize)
+    else:
+        u8 = torch.cat([to_uint8_rgb(x, info.levels, quantize) for x in rows.chunks(streams.CONVERT_ROWS)])
+        digest = tensor_digest(u8)
+    if key is not None:
+        with _LOCK:
+            _DIGESTS[key] = (rows.data, digest)
+            while len(_DIGESTS) > 16:
+                _DIGESTS.popitem(last=False)
+    return u8, digest
+
+
+def _features_of(ext: FidelityExtractor, rows, u8, info, quantize: bool, batch_size: int) -> torch.Tensor:
+    """Features of ``rows`` (or of their uint8 images ``u8`` when held), streamed in chunks."""
+    stream = FeatureStream(lambda b: extract_features(ext, b, batch_size), len(rows), info.levels, quantize,
+                           batch_size, digest=False)
+    if u8 is None:
+        feed(stream, rows)
+    else:
+        for lo in range(0, len(u8), streams.CONVERT_ROWS):
+            stream.update_u8(u8[lo:lo + streams.CONVERT_ROWS])
+    return stream.finish()
+
+
+def real_features(ext: FidelityExtractor, x: Rows | torch.Tensor, info, split: str, quantize: bool,
                   batch_size: int, store, log=lambda m: None) -> Features:
-    """Features and FID statistics of real images ``x``, from the store or computed and stored."""
-    u8 = to_uint8_rgb(x, info.levels, quantize)
+    """Features and FID statistics of real images ``x`` (a tensor or lazy :class:`Rows`), from the
+    store or computed (chunk by chunk) and stored."""
+    u8, digest = uint8_and_digest(x, info, quantize, memo=True)
     what = {"dataset": info.name, "split": split, "num_samples": len(x),
             "preprocessing": preprocessing(info.levels, quantize), "extractor": identity(ext),
             "batch_size": batch_size}
-    key = content_key("fidelity-reference", 1, tensor_digest(u8), what)
+    key = content_key("fidelity-reference", 1, digest, what)
     with store.lock(REF_KIND, key):
         entry = store.get(REF_KIND, key)
         if entry is not None:
@@ -136,7 +195,8 @@ def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, qua
             log(f"reference features of {info.name}/{split} (n={len(x)}, {ext.name}) loaded from the store "
                 f"({key[:12]})")
             return Features(feats, stats, key, True)
-        feats = extract_features(ext, u8, batch_size)
+        feats = _features_of(ext, x, u8, info, quantize, batch_size)
+        del u8
         stats = fid_features_to_statistics(feats)
 
         def write(d):
@@ -149,20 +209,62 @@ def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, qua
         return Features(feats, stats, key, False)
 
 
+def generated_key(ext: FidelityExtractor, digest: str, batch_size: int) -> str:
+    return content_key("generated", digest, identity(ext), batch_size)
+
+
 def generated_features(ext: FidelityExtractor, x: torch.Tensor, info, quantize: bool, batch_size: int) -> Features:
-    """Features of generated images (kept in memory for the other fidelity metrics of the case)."""
-    u8 = to_uint8_rgb(x, info.levels, quantize)
-    key = content_key("generated", tensor_digest(u8), identity(ext), batch_size)
+    """Features of held generated images (kept in memory for the other fidelity metrics of the case)."""
+    u8, digest = uint8_and_digest(x, info, quantize)
+    key = generated_key(ext, digest, batch_size)
     with _LOCK:
         hit = _GEN_CACHE.get(key)
     cached = hit is not None
     if not cached:
-        hit = extract_features(ext, u8, batch_size)
+        hit = _features_of(ext, x, u8, info, quantize, batch_size)
         with _LOCK:
             _GEN_CACHE[key] = hit
             while len(_GEN_CACHE) > 4:
                 _GEN_CACHE.popitem(last=False)
     return Features(hit, fid_features_to_statistics(hit), key, cached)
+
+
+def stream_key(ext: FidelityExtractor, quantize: bool, batch_size: int, total: int) -> tuple:
+    """Where a case's generated-features stream for these options lives in ``ctx.shared`` (fid, kid
+    and prc with the same extractor and options share one)."""
+    return ("fidelity-generated", json.dumps(identity(ext), sort_keys=True, default=str), bool(quantize),
+            batch_size, total)
+
+
+def generated_total(ctx, num_samples: int | None) -> int:
+    """How many generated samples a metric capped at ``num_samples`` reads in a streamed case."""
+    return ctx.num_samples if num_samples is None else min(num_samples, ctx.num_samples)
+
+
+def accumulate_generated(ext: FidelityExtractor, ctx, chunk: torch.Tensor, start: int, num_samples: int | None,
+                         quantize: bool, batch_size: int) -> None:
+    """Feed one chunk of generated samples to the case's shared stream for these options."""
+    ext.prepare()
+    total = generated_total(ctx, num_samples)
+    key = stream_key(ext, quantize, batch_size, total)
+    stream = ctx.shared.get(key)
+    if stream is None:
+        stream = ctx.shared[key] = FeatureStream(lambda b: extract_features(ext, b, batch_size), total,
+                                                 ctx.data.levels, quantize, batch_size)
+    stream.update(chunk, start)
+
+
+def streamed_features(ext: FidelityExtractor, ctx, num_samples: int | None, quantize: bool,
+                      batch_size: int) -> Features | None:
+    """The generated features a streamed case accumulated for these options (None if it did not)."""
+    if getattr(ctx, "num_samples", None) is None:
+        return None
+    stream = ctx.shared.get(stream_key(ext, quantize, batch_size, generated_total(ctx, num_samples)))
+    if stream is None or not stream.done:
+        return None
+    feats = stream.finish()
+    cached, stream.used = getattr(stream, "used", False), True
+    return Features(feats, fid_features_to_statistics(feats), generated_key(ext, stream.digest(), batch_size), cached)
 
 
 def fid_from_stats(a: dict, b: dict) -> float:
@@ -218,13 +320,18 @@ def feature_set(ext: FidelityExtractor, ctx, which: str, num_samples: int | None
     ``num_samples``), of the reference set or of the noise-floor sample (as many rows as generated
     samples, other split), computed exactly as :class:`FID` does with the same options, so they share
     its store entries and its in-memory cache."""
-    x = generated(ctx, num_samples)
     ext.prepare()
+    f = streamed_features(ext, ctx, num_samples, quantize, batch_size)
+    if f is None:
+        x = generated(ctx, num_samples)
+        f = generated_features(ext, x, ctx.data, quantize, batch_size) if which == "generated" else None
+        n = len(x)
+    else:
+        n = len(f.features)
     if which == "generated":
-        f = generated_features(ext, x, ctx.data, quantize, batch_size)
         return FeatureSet(f.features, None, None, f.key, f.cached)
-    sets = real_sets(ctx.dataset, len(x), reference_split or default_reference_split(ext), reference_num_samples,
-                     ctx.log)
+    sets = real_sets(ctx.dataset, n, reference_split or default_reference_split(ext), reference_num_samples,
+                     ctx.log, lazy=True)
     real, split, labels = ((sets.reference, sets.reference_split, sets.reference_labels) if which == "reference"
                            else (sets.floor, sets.floor_split, sets.floor_labels))
     f = real_features(ext, real, ctx.data, split, quantize, batch_size, ctx.store, ctx.log)
@@ -238,7 +345,8 @@ class _Fidelity(abc.ABC):
     the floor sample is unseen by the extractor just like generated samples are, else ``test``),
     ``reference_num_samples`` (default all), ``quantize``
     (quantise generated samples to the data's levels before the uint8 conversion), ``batch_size``
-    (feature extraction), ``key`` (metric key prefix)."""
+    (feature extraction), ``key`` (metric key prefix). ``fid`` also takes ``floor`` (default true;
+    false skips the noise-floor sample: no ``fid_floor``, a third less feature extraction when cold)."""
 
     default_key = "?"
     #: recentre the bootstrap interval on the estimate (:mod:`bench_metrics.bootstrap`)
@@ -249,8 +357,10 @@ class _Fidelity(abc.ABC):
                  reference_split: Literal["train", "test"] | None = None,
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
                  quantize: bool = True, batch_size: Annotated[int, Field(gt=0)] = 64,
-                 key: str | None = None, bootstrap: Annotated[int, Field(ge=0)] = 200, context=None):
+                 key: str | None = None, bootstrap: Annotated[int, Field(ge=0)] = 200, floor: bool = True,
+                 context=None):
         built = context.build("feature_extractor", extractor)
+        self.floor = floor
         self.extractor = as_fidelity_extractor(built, context.data)
         self.reference_split = reference_split or default_reference_split(self.extractor)
         self.num_samples = num_samples
@@ -259,13 +369,13 @@ class _Fidelity(abc.ABC):
         self.bootstrap = bootstrap
 
     # ------------------------------------------------------------------ shared steps
-    def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features]:
+    def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features | None]:
         self.extractor.prepare()
-        sets = real_sets(dataset, n, self.reference_split, self.reference_num_samples, log)
+        sets = real_sets(dataset, n, self.reference_split, self.reference_num_samples, log, lazy=True)
         ref = real_features(self.extractor, sets.reference, dataset.info, sets.reference_split, self.quantize,
                             self.batch_size, store, log)
-        floor = real_features(self.extractor, sets.floor, dataset.info, sets.floor_split, self.quantize,
-                              self.batch_size, store, log)
+        floor = None if not self.floor else real_features(self.extractor, sets.floor, dataset.info, sets.floor_split,
+                                                          self.quantize, self.batch_size, store, log)
         return sets, ref, floor
 
     def precompute(self, dataset, num_samples: int | None, store, log=lambda m: None) -> dict[str, Any]:
@@ -277,32 +387,48 @@ class _Fidelity(abc.ABC):
         return {"metric": self.key, "extractor": self.extractor.describe(), "dataset": dataset.info.name,
                 "reference": {"split": sets.reference_split, "num_samples": len(sets.reference), "key": ref.key,
                               "cached": ref.cached},
-                "floor": {"split": sets.floor_split, "num_samples": len(sets.floor), "key": floor.key,
-                          "cached": floor.cached}}
+                "floor": floor and {"split": sets.floor_split, "num_samples": len(sets.floor), "key": floor.key,
+                                    "cached": floor.cached}}
+
+    def accumulate(self, ctx, chunk: torch.Tensor, start: int) -> None:
+        """Streaming form (docs/plugins.md): extract the features of one chunk of generated samples
+        while the case samples; :meth:`compute` then reads them from ``ctx.shared``."""
+        accumulate_generated(self.extractor, ctx, chunk, start, self.num_samples, self.quantize, self.batch_size)
+
+    def _generated(self, ctx) -> Features:
+        self.extractor.prepare()
+        got = streamed_features(self.extractor, ctx, self.num_samples, self.quantize, self.batch_size)
+        if got is not None:
+            return got
+        return generated_features(self.extractor, generated(ctx, self.num_samples), ctx.data, self.quantize,
+                                  self.batch_size)
 
     def compute(self, ctx) -> dict[str, float]:
-        x = generated(ctx, self.num_samples)
-        sets, ref, floor = self._real(ctx.dataset, len(x), ctx.store, ctx.log)
-        gen = generated_features(self.extractor, x, ctx.data, self.quantize, self.batch_size)
+        gen = self._generated(ctx)
+        n_gen = len(gen.features)
+        sets, ref, floor = self._real(ctx.dataset, n_gen, ctx.store, ctx.log)
         k = self.key
         values = self.values(gen, ref, floor)
         n, m, d = len(gen.features), len(ref.features), gen.features.shape[1]
         if self.bootstrap and bootstrap.affordable(k, self.bootstrap_operations(n, m, d), ctx.log):
             values.update(self.intervals(gen.features, ref.features, values))
-        if len(sets.floor) < len(x):  # the floor is smaller: also give the value at the floor's size
+        if floor is not None and len(sets.floor) < n_gen:  # the floor is smaller: the value at its size too
             nf = len(sets.floor)
             small = Features(gen.features[:nf], fid_features_to_statistics(gen.features[:nf]), gen.key, True)
             values.update({f"{name}_at_floor_n": v for name, v in self.values(small, ref, None).items()})
-        values.update({f"{k}_num_samples": float(len(x)), f"{k}_ref_cached": float(ref.cached),
+        values.update({f"{k}_num_samples": float(n_gen), f"{k}_ref_cached": float(ref.cached),
                        f"{k}_feature_dim": float(gen.features.shape[1]), **sets.counts(k)})
+        if floor is None:
+            del values[f"{k}_floor_num_samples"]
         values.update({f"{k}_{name}": v for name, v in self.extractor.metrics().items()})
         desc = self.extractor.describe()
-        ctx.log(f"{k}: extractor {desc['name']} (layer {desc['feature_layer']}, d={gen.features.shape[1]}), "
-                f"{len(x)} generated vs {len(sets.reference)} {sets.reference_split}; floor from "
-                f"{len(sets.floor)} {sets.floor_split}" + (f"; NOTE: {desc['note']}" if desc.get("note") else ""))
+        sha = f", weights sha256 {desc['weights_sha256'][:12]}" if desc.get("weights_sha256") else ""
+        ctx.log(f"{k}: extractor {desc['name']} (layer {desc['feature_layer']}, d={gen.features.shape[1]}{sha}), "
+                f"{n_gen} generated vs {len(sets.reference)} {sets.reference_split}; "
+                + (f"floor from {len(sets.floor)} {sets.floor_split}" if floor is not None else "no floor") + (f"; NOTE: {desc['note']}" if desc.get("note") else ""))
         record = {"metric": k, "extractor": desc, "preprocessing": preprocessing(ctx.data.levels, self.quantize),
                   "reference": {"split": sets.reference_split, "key": ref.key, "cached": ref.cached},
-                  "floor": {"split": sets.floor_split, "key": floor.key}, "batch_size": self.batch_size,
+                  "floor": floor and {"split": sets.floor_split, "key": floor.key}, "batch_size": self.batch_size,
                   "values": values, "torch_fidelity_kwargs": self.extractor.fidelity_kwargs()}
         (ctx.artifact_dir / f"{k}.json").write_text(json.dumps(record, indent=1, default=str))
         return values
@@ -366,7 +492,7 @@ class KID(_Fidelity):
                  subsets: Annotated[int, Field(gt=0)] = 100, subset_size: Annotated[int, Field(gt=1)] = 1000,
                  bootstrap: Annotated[int, Field(ge=0)] = 200, context=None):
         super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
-                         key, bootstrap, context)
+                         key, bootstrap, True, context)
         self.subsets, self.subset_size = subsets, subset_size
 
     def values(self, gen, ref, floor):
@@ -400,7 +526,7 @@ class PRC(_Fidelity):
                  neighborhood: Annotated[int, Field(gt=0)] = 3, bootstrap: Annotated[int, Field(ge=0)] = 200,
                  context=None):
         super().__init__(extractor, num_samples, reference_split, reference_num_samples, quantize, batch_size,
-                         key, bootstrap, context)
+                         key, bootstrap, True, context)
         self.neighborhood = neighborhood
 
     def values(self, gen, ref, floor):

@@ -32,10 +32,11 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from bench.context import MetricSkipped
 from bench.errors import UserError
 
-from .common import fixed_subset, generated
+from .common import generated, subset_rows
 from .digits_classifier import threads
-from .extractors import FidelityExtractor, as_fidelity_extractor, preprocessing, to_uint8_rgb
+from .extractors import FidelityExtractor, as_fidelity_extractor, preprocessing, register_with_torch_fidelity
 from .fidelity import ImageTensorDataset
+from .stream import FeatureStream, feed
 
 #: logits layers, in order of preference, in torch-fidelity's feature lists
 LOGITS_LAYERS = ("logits_unbiased", "logits")
@@ -52,6 +53,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True
 
 def logits_layer(ext: FidelityExtractor) -> str:
     """The class-logits layer of ``ext``'s torch-fidelity class (UserError if it has none)."""
+    register_with_torch_fidelity()  # the built-in classes, before the registry is read
     provided = FEATURE_EXTRACTORS_REGISTRY[ext.fidelity_name].get_provided_features_list()
     for layer in LOGITS_LAYERS:
         if layer in provided:
@@ -107,27 +109,46 @@ class InceptionScore:
             return
         self.layer = logits_layer(self.extractor)
 
-    def _score(self, x: torch.Tensor, info) -> tuple[float, float, int]:
-        u8 = to_uint8_rgb(x, info.levels, self.quantize)
-        splits = min(self.splits, len(x))
-        return (*inception_score(logits_of(self.extractor, self.layer, u8, self.batch_size), splits,
-                                 self.shuffle, self.rng_seed), splits)
+    def _stream(self, total: int, info) -> FeatureStream:
+        """Class logits of ``total`` images fed chunk by chunk (:mod:`bench_metrics.stream`)."""
+        return FeatureStream(lambda u8: logits_of(self.extractor, self.layer, u8, self.batch_size), total,
+                             info.levels, self.quantize, self.batch_size, digest=False)
+
+    def _score(self, logits: torch.Tensor) -> tuple[float, float, int]:
+        splits = min(self.splits, len(logits))
+        return (*inception_score(logits, splits, self.shuffle, self.rng_seed), splits)
+
+    def accumulate(self, ctx, chunk: torch.Tensor, start: int) -> None:
+        """Streaming form (docs/plugins.md): the logits of each chunk while the case samples."""
+        if self.skip_reason:
+            return
+        if start == 0:
+            self.extractor.prepare()
+            total = ctx.num_samples if self.num_samples is None else min(self.num_samples, ctx.num_samples)
+            ctx.shared[(self.key, "is-logits")] = self._stream(total, ctx.data)
+        ctx.shared[(self.key, "is-logits")].update(chunk, start)
 
     def compute(self, ctx) -> dict[str, float]:
         if self.skip_reason:
             raise MetricSkipped(self.skip_reason)
-        x = generated(ctx, self.num_samples)
         self.extractor.prepare()
-        mean, std, splits = self._score(x, ctx.data)
+        stream = ctx.shared.get((self.key, "is-logits"))
+        if stream is None:
+            x = generated(ctx, self.num_samples)
+            stream = feed(self._stream(len(x), ctx.data), x)
+        logits = stream.finish()
+        n = len(logits)
+        mean, std, splits = self._score(logits)
         k = self.key
-        values = {f"{k}_mean": mean, f"{k}_std": std, f"{k}_splits": float(splits), f"{k}_num_samples": float(len(x))}
+        values = {f"{k}_mean": mean, f"{k}_std": std, f"{k}_splits": float(splits), f"{k}_num_samples": float(n)}
         if self.real:
-            real = fixed_subset(ctx.dataset.split("test"), len(x), "is-real", "test")
-            r_mean, r_std, _ = self._score(real, ctx.data)
+            real = subset_rows(ctx.dataset.split("test"), n, "is-real", "test")
+            r_mean, r_std, _ = self._score(feed(self._stream(len(real), ctx.data), real).finish())
             values.update({f"{k}_real_mean": r_mean, f"{k}_real_std": r_std,
                            f"{k}_real_num_samples": float(len(real))})
         desc = self.extractor.describe()
-        ctx.log(f"{k}: extractor {desc['name']} (layer {self.layer}), {len(x)} generated, {splits} splits")
+        sha = f", weights sha256 {desc['weights_sha256'][:12]}" if desc.get("weights_sha256") else ""
+        ctx.log(f"{k}: extractor {desc['name']} (layer {self.layer}{sha}), {n} generated, {splits} splits")
         record = {"metric": k, "extractor": desc, "layer": self.layer, "values": values,
                   "preprocessing": preprocessing(ctx.data.levels, self.quantize),
                   "shuffle": self.shuffle, "rng_seed": self.rng_seed}
