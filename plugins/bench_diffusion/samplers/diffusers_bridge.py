@@ -34,7 +34,7 @@ from pydantic import AfterValidator, Field
 
 from bench.errors import did_you_mean
 
-from .base import DiffusionSampler
+from .base import DiffusionSampler, Guidance, GuidanceInterval
 
 #: diffusers schedulers that take (trained_betas, num_train_timesteps, prediction_type) and step a
 #: noise-prediction model (not: DPMSolverSDEScheduler, which needs torchsde; LCM/TCD, which are for
@@ -105,8 +105,10 @@ class DiffusersScheduler(DiffusionSampler):
 
     def __init__(self, scheduler: SchedulerName = "DPMSolverMultistepScheduler",
                  steps: Annotated[int, Field(ge=1, le=100000)] = 20, options: dict[str, Any] | None = None,
-                 context: Any = None):
-        super().__init__(steps, None, False, False, context)
+                 guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, None, False, False, context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.scheduler_name = check_scheduler(scheduler)
         self.options = dict(options or {})
         fixed = sorted(set(self.options) & set(FROM_FAMILY))
