@@ -342,7 +342,8 @@ LabelDropout = Annotated[float, Field(ge=0, lt=1), OmitAtDefault()]
 
 def ddpm(noise: Spec = "isotropic", schedule: Spec = "linear", T: Levels = 1000, prediction: Prediction = "eps",
          weighting: Weighting = "auto", network: Spec = None,
-         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1, context=None) -> DiffusionFamily:
+         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
+         context=None) -> DiffusionFamily:
     """DDPM (Ho et al.; thesis 2.4) with T discrete steps; with a non-isotropic ``noise`` it is
     NI-DDPM (6.2). ``network=None``: mlp for points, unet for images."""
     return _family("ddpm", "vp", noise, schedule, T, prediction, weighting, network, context,
@@ -351,7 +352,8 @@ def ddpm(noise: Spec = "isotropic", schedule: Spec = "linear", T: Levels = 1000,
 
 def ni_ddpm(noise: Spec = "gff", schedule: Spec = "linear", T: Levels = 1000, prediction: Prediction = "eps",
             weighting: Weighting = "auto", network: Spec = None,
-         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1, context=None) -> DiffusionFamily:
+         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
+         context=None) -> DiffusionFamily:
     """NI-DDPM (thesis 6.2): ddpm with GFF noise by default."""
     return _family("ni_ddpm", "vp", noise, schedule, T, prediction, weighting, network, context,
                    class_conditional=class_conditional, label_dropout=label_dropout)
@@ -360,7 +362,8 @@ def ni_ddpm(noise: Spec = "gff", schedule: Spec = "linear", T: Levels = 1000, pr
 def smld(noise: Spec = "isotropic", schedule: Spec = "geometric", L: Levels = 232, conditional: bool = True,
          harmonic_mean: bool = False, prediction: Prediction = "eps", weighting: Weighting = "auto",
          network: Spec = None,
-         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1, context=None) -> DiffusionFamily:
+         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
+         context=None) -> DiffusionFamily:
     """SMLD (Song & Ermon; thesis 2.5) with L geometric noise levels: a noise-conditional score
     network s = -sqrt(Sigma)^-1 eps_theta(x, sigma) / sigma, or with ``conditional=False`` the
     unconditional eps_theta(x) (6.3.11), optionally with the harmonic-mean correction (6.3.29,
@@ -376,7 +379,8 @@ def smld(noise: Spec = "isotropic", schedule: Spec = "geometric", L: Levels = 23
 def ni_smld(noise: Spec = "gff", schedule: Spec = "geometric", L: Levels = 232, conditional: bool = True,
             harmonic_mean: bool = False, prediction: Prediction = "eps", weighting: Weighting = "auto",
             network: Spec = None,
-         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1, context=None) -> DiffusionFamily:
+         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
+         context=None) -> DiffusionFamily:
     """NI-SMLD (thesis 6.3): smld with GFF noise by default."""
     return _family("ni_smld", "ve", noise, schedule, L, prediction, weighting, network, context,
                    conditional=conditional, harmonic_mean=harmonic_mean,
@@ -385,7 +389,8 @@ def ni_smld(noise: Spec = "gff", schedule: Spec = "geometric", L: Levels = 232, 
 
 def vp_sde(noise: Spec = "isotropic", schedule: Spec = "linear", t_min: TMin = 1e-3, prediction: Prediction = "eps",
            weighting: Weighting = "auto", network: Spec = None,
-         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1, context=None) -> DiffusionFamily:
+         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
+         context=None) -> DiffusionFamily:
     """The VP SDE (2.4.44 / 6.2.33) trained in continuous time, t ~ U[t_min, 1]; ``linear`` is
     beta(t) = 0.1 + 19.9 t."""
     return _family("vp_sde", "vp", noise, schedule, None, prediction, weighting, network, context, t_min=t_min,
@@ -395,7 +400,8 @@ def vp_sde(noise: Spec = "isotropic", schedule: Spec = "linear", t_min: TMin = 1
 def ve_sde(noise: Spec = "isotropic", schedule: Spec = "geometric", conditional: bool = True,
            harmonic_mean: bool = False, prediction: Prediction = "eps", weighting: Weighting = "auto",
            network: Spec = None,
-         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1, context=None) -> DiffusionFamily:
+         class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
+         context=None) -> DiffusionFamily:
     """The VE SDE (2.5.13 / 6.3.16) trained in continuous time, t ~ U[0, 1], sigma(t) from the schedule."""
     return _family("ve_sde", "ve", noise, schedule, None, prediction, weighting, network, context,
                    conditional=conditional, harmonic_mean=harmonic_mean,

@@ -107,7 +107,7 @@ class DiffusersScheduler(DiffusionSampler):
                  steps: Annotated[int, Field(ge=1, le=100000)] = 20, options: dict[str, Any] | None = None,
                  guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, None, False, False, context,
+        super().__init__(steps, None, False, False, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.scheduler_name = check_scheduler(scheduler)
         self.options = dict(options or {})

@@ -33,7 +33,7 @@ class Ancestral(DiffusionSampler):
                  variance: Literal["beta_tilde", "beta"] = "beta_tilde", clip_x0: bool | None = None,
                  guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, True, clip_x0, context,
+        super().__init__(steps, spacing, True, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.variance = variance
 
@@ -70,7 +70,7 @@ class DDIM(DiffusionSampler):
                  eta: Annotated[float, Field(ge=0, le=1)] = 0.0,
                  clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, True, clip_x0, context,
+        super().__init__(steps, spacing, True, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.eta = eta
 

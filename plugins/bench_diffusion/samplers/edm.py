@@ -44,7 +44,7 @@ class EDMEuler(DiffusionSampler):
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
         if steps is None:
             raise ValueError(f"{self.name} needs steps")
-        super().__init__(steps, None, False, False, context,
+        super().__init__(steps, None, False, False, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = S_churn, S_tmin, S_tmax, S_noise
 

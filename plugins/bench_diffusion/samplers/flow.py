@@ -35,7 +35,7 @@ class FlowODE(DiffusionSampler):
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
         if steps is None:
             raise ValueError(f"the fixed-step flow sampler {self.name!r} needs steps")
-        super().__init__(steps, None, False, False, context,
+        super().__init__(steps, None, False, False, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.last_nfe: int | None = None
 
@@ -90,7 +90,7 @@ class AdaptiveFlowODE(FlowODE):
 
     def __init__(self, method: Adaptive = "dopri5", atol: Tol = 1e-5, rtol: Tol = 1e-5, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        DiffusionSampler.__init__(self, None, None, False, False, context,
+        DiffusionSampler.__init__(self, None, None, False, False, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.last_nfe = None
         self.method, self.atol, self.rtol = method, atol, rtol

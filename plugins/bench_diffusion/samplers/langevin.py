@@ -80,7 +80,7 @@ class ALD(DiffusionSampler):
                  step_lr: Annotated[float, Field(gt=0)] | None = None, spacing: Spacing | None = None,
                  denoise: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, denoise, clip_x0, context,
+        super().__init__(steps, spacing, denoise, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.n_steps_each, self.step_lr = n_steps_each, step_lr
 
@@ -114,9 +114,10 @@ class CAS(DiffusionSampler):
     name = "cas"
 
     def __init__(self, steps: Steps | None = None, step_lr: Annotated[float, Field(gt=0)] | None = None,
-                 spacing: Spacing | None = None, denoise: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 spacing: Spacing | None = None, denoise: bool = True, clip_x0: bool | None = None,
+                 guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, denoise, clip_x0, context,
+        super().__init__(steps, spacing, denoise, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.step_lr = step_lr
 

@@ -57,9 +57,10 @@ class MultistepSampler(DiffusionSampler):
     order = 1
     lower_order_final = True
 
-    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, clip_x0: bool | None = None,
+                 guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, True, clip_x0, context,
+        super().__init__(steps, spacing, True, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
 
     def data_pred(self, family: Any, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -176,7 +177,7 @@ class DPMSolverPP3MSDE(MultistepSampler):
     def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, eta: Annotated[float, Field(ge=0, le=1)] = 1.0,
                  lower_order_final: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, clip_x0, context,
+        super().__init__(steps, spacing, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.eta, self.lower_order_final = eta, lower_order_final
 
@@ -244,7 +245,7 @@ class UniPC(MultistepSampler):
                  variant: Literal["bh1", "bh2"] = "bh2", corrector: bool = True, lower_order_final: bool = True,
                  clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, clip_x0, context,
+        super().__init__(steps, spacing, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.order, self.variant, self.corrector = int(order), variant, corrector
         self.lower_order_final = lower_order_final
@@ -346,7 +347,7 @@ class DEIS(MultistepSampler):
     def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, order: Literal[1, 2, 3] = 3,
                  lower_order_final: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, spacing, clip_x0, context,
+        super().__init__(steps, spacing, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.order, self.lower_order_final = int(order), lower_order_final
 

@@ -31,7 +31,7 @@ class EulerMaruyama(DiffusionSampler):
 
     def __init__(self, steps: Steps = 1000, denoise: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, None, denoise, clip_x0, context,
+        super().__init__(steps, None, denoise, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
 
     def params(self):
@@ -82,7 +82,7 @@ class PredictorCorrector(EulerMaruyama):
                  step_rule: Literal["expected", "per_sample"] = "expected", denoise: bool = True,
                  clip_x0: bool | None = None, guidance: Guidance = 0.0,
                  guidance_interval: GuidanceInterval | None = None, context: Any = None):
-        super().__init__(steps, denoise, clip_x0, context,
+        super().__init__(steps, denoise, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.n_corrector, self.snr, self.step_rule = n_corrector, snr, step_rule
 
@@ -120,7 +120,7 @@ class PFODE(DiffusionSampler):
         adaptive = not is_fixed_grid(method)
         if not adaptive and steps is None:
             raise ValueError(f"pf_ode with the fixed-step solver {method!r} needs steps")
-        super().__init__(None if adaptive else steps, None, denoise, clip_x0, context,
+        super().__init__(None if adaptive else steps, None, denoise, clip_x0, context=context,
                          guidance=guidance, guidance_interval=guidance_interval)
         self.method, self.atol, self.rtol = method, atol, rtol
 
