@@ -294,17 +294,18 @@ def guidance_scales(df):
 
 
 def write_guidance_plot(df, experiment: str, metric: str, group: str, path: Path, average: Sequence[str]) -> Path:
-    """The fidelity/diversity frontier: ``metric`` and, when the runs have it, ``precision`` (and
-    ``recall``) against the guidance scale w, one line per ``group``, 95% error bars as in the table."""
+    """The fidelity/diversity frontier: ``metric`` and, when the runs have them, precision and recall
+    (``prc_precision``, ``prc_recall``: metrics named ``precision``/``recall`` or ending so) against
+    the guidance scale w, one line per ``group``, 95% error bars as in the table."""
     import pandas as pd
 
     from .plots import panels_plot
 
     frame = df.assign(**{f"metrics.{GUIDANCE}": guidance_scales(df)})
+    present = [c[len("metrics."):] for c in frame.columns if c.startswith("metrics.") and frame[c].notna().any()]
     panels = []
-    for m in dict.fromkeys([metric, "precision", "recall"]):
-        if f"metrics.{m}" not in frame.columns or not frame[f"metrics.{m}"].notna().any():
-            continue
+    for m in dict.fromkeys([metric] + [m for m in sorted(present) if m in ("precision", "recall")
+                                       or m.endswith(("_precision", "_recall"))]):
         table = build_table(frame[frame[f"metrics.{m}"].notna()], group, GUIDANCE, m, average)
         points = pd.DataFrame([{group: r, GUIDANCE: float(c), m: cell.interval.mean, "lo": cell.interval.lo,
                                 "hi": cell.interval.hi} for (r, c), cell in table.cells.items()])

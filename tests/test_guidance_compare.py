@@ -23,7 +23,8 @@ def store(tmp_path_factory):
                 "bench.family": "ddpm", "bench.sampler": sampler, "bench.seed": str(seed)}
         run = client.create_run(exp, run_name=case_id, tags=tags, start_time=1_700_000_000_000 + i)
         shift = 1.0 if seed else -1.0  # seeds straddle the value: the mean is FID[w]
-        metrics = {"fid": FID[w] + shift, "precision": PRECISION[w] + shift / 100, "nfe": 20.0 * (1 + (w != 0))}
+        metrics = {"fid": FID[w] + shift, "prc_precision": PRECISION[w] + shift / 100,
+                   "prc_precision_real": 0.95, "nfe": 20.0 * (1 + (w != 0))}
         params = [Param("sampler.name", "ddim")] + ([Param("sampler.guidance", str(w))] if w else [])
         client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()], params=params)
         client.set_terminated(run.info.run_id)
@@ -47,8 +48,8 @@ def test_plot_draws_fid_and_precision_against_the_guidance_scale(store, tmp_path
                                       "-e", "g", "--tracking-uri", store])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 1000 and drawn["x"] == "guidance"
-    assert sorted(drawn["panels"]) == ["fid", "precision"]
-    for name, want in (("fid", FID), ("precision", PRECISION)):
+    assert sorted(drawn["panels"]) == ["fid", "prc_precision"]
+    for name, want in (("fid", FID), ("prc_precision", PRECISION)):
         frame = drawn["panels"][name].sort_values("guidance")
         assert frame["guidance"].tolist() == [0.0, 1.0, 3.0]
         assert frame[name].tolist() == pytest.approx([want[w] for w in (0.0, 1.0, 3.0)])
