@@ -64,7 +64,8 @@ class EDMFamily(DiffusionFamily):
         return self.process.sigma(self.process.t_min), self.process.sigma(self.process.t_max)
 
     def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
-        """D(x; s) = c_skip x + c_out F(c_in x, c_noise): one network call; ``sigma`` a float or (B,)."""
+        """D(x; s) = c_skip x + c_out F(c_in x, c_noise): one network call (two when guided, on F:
+        bench_diffusion.guidance); ``sigma`` a float or (B,)."""
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
         noise_in = (c_noise.expand(x.shape[0]) if c_noise.dim() == 0 else c_noise).float().to(x.device)
         x_in = _bcast(c_in, x) * x
