@@ -39,9 +39,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.protocols import LikelihoodResult
-from bench.types import Levels
-
-from bench.types import OmitAtDefault
+from bench.types import Levels, OmitAtDefault
 
 from .guidance import Condition, guide, split_batch
 from .processes import Process, _bcast, _t64, harmonic_mean, make_process
@@ -115,6 +113,8 @@ class DiffusionFamily(nn.Module):
     def raw(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         """The network output at (x, t): one network call (two with guidance, :meth:`network`)."""
         x_in, t_in = self._net_in(x, t), self.time_input(t, x.shape[0], x.device)
+        if self.num_classes is None:
+            return self.net(x_in, t_in)
         return self.network(lambda **y: self.net(x_in, t_in, **y), x, self.process.alpha_sigma(t)[1])
 
     def network(self, call: Any, x: torch.Tensor, sigma: Any) -> torch.Tensor:
