@@ -246,3 +246,20 @@ def test_every_sampler_is_guided_with_two_calls_per_evaluation(gmm, name, kind, 
         out[w] = count_network_calls(fam, lambda: smp.sample(fam, PerSampleRNG.for_indices(1, range(8))))
     assert out[2.0][0] == 2 * out[0.0][0] > 0
     assert torch.isfinite(out[2.0][1]).all() and not torch.allclose(out[0.0][1], out[2.0][1])
+
+
+@pytest.mark.parametrize("family", ["ddpm", "ni_ddpm", "smld", "vp_sde", "ve_sde", "flow_matching", "edm"])
+def test_every_trainable_family_trains_its_label_embedding(family):
+    from bench.rng import BatchRNG
+    from bench.testing import ProbeDataset
+
+    data = ProbeDataset("image", n=16)  # labelled 8x8 images, num_classes 2
+    spec = {"name": family, "class_conditional": True, "network": {"name": "unet", "base": 8, "zero_init": False}}
+    if family in ("smld", "ve_sde", "ni_smld"):
+        spec["schedule"] = {"name": "geometric", "sigma_max": 5.0}
+    fam = build("family", spec, data)
+    assert fam.num_classes == 2 and fam.wants_labels
+    loss = fam.loss((data.split("train"), data.labels("train")), BatchRNG(0, 16))
+    loss.backward()
+    grad = fam.net.label.table.weight.grad
+    assert torch.isfinite(loss) and grad is not None and grad[:2].abs().sum() > 0
