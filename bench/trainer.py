@@ -1,7 +1,7 @@
 """The training loop, checkpoint loading and the record of failed trainings (DESIGN.md section 5).
 
-``train`` minimises ``family.loss(x, rng)`` (``family.loss((x, y), rng)`` with the class labels y
-when the family sets ``wants_labels``) with Adam on mini-batches drawn with a seeded generator;
+``train`` minimises ``family.loss(x, rng)`` (``family.loss(x, rng, labels=y)`` with the class labels
+y when the family sets ``wants_labels``) with Adam on mini-batches drawn with a seeded generator;
 with ``ema > 0`` it keeps an exponential moving average of the weights,
 ``e <- e + (1 - d) (p - e)`` with the warm-up decay ``d = min(ema, (1 + step) / (10 + step))``, and
 the checkpoint holds both weight sets. Everything random comes from seeds derived from the case
@@ -54,7 +54,7 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
     opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scaler = grad_scaler(device, precision)
     ema = [p.detach().clone() for p in params] if cfg["ema"] > 0 else None
-    # a family with ``wants_labels`` (class-conditional) gets batches (x, y), y the int64 class labels
+    # a family with ``wants_labels`` (class-conditional) is called loss(x, rng, labels=y), y int64
     labels = dataset.labels("train") if getattr(family, "wants_labels", False) else None
     gen = torch.Generator().manual_seed(derive_seed(seed, "train-batches"))
     rng = BatchRNG(derive_seed(seed, "train-noise"), cfg["batch_size"], device=device)
@@ -74,8 +74,8 @@ def train(family: torch.nn.Module, dataset, cfg: dict[str, Any], seed: int,
             for group in opt.param_groups:
                 group["lr"] = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
         with autocast(device, precision):
-            batch = x if labels is None else (x, torch.as_tensor(labels)[idx].to(device))
-            loss = family.loss(batch, rng.with_batch(len(x)))
+            y = None if labels is None else torch.as_tensor(labels)[idx].to(device)
+            loss = family.loss(x, rng.with_batch(len(x)), **({} if y is None else {"labels": y}))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise CaseFailed(f"training loss became {value} at step {step}")

@@ -32,3 +32,9 @@ class OmitAtDefault:
 
     def __repr__(self) -> str:
         return "OmitAtDefault()"
+
+    def __eq__(self, other: object) -> bool:  # every instance is the same marker
+        return isinstance(other, OmitAtDefault)
+
+    def __hash__(self) -> int:
+        return hash(OmitAtDefault)

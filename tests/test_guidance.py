@@ -167,7 +167,7 @@ def test_label_dropout_trains_the_null_class_at_its_rate():
     null = total = 0
     for seed in range(40):
         fam.net.seen.clear()
-        fam.loss((x, y), BatchRNG(seed, len(x)))
+        fam.loss(x, BatchRNG(seed, len(x)), labels=y)
         got = fam.net.seen[0]
         kept = got != 2
         assert torch.equal(got[kept], y[kept])
@@ -259,7 +259,7 @@ def test_every_trainable_family_trains_its_label_embedding(family):
         spec["schedule"] = {"name": "geometric", "sigma_max": 5.0}
     fam = build("family", spec, data)
     assert fam.num_classes == 2 and fam.wants_labels
-    loss = fam.loss((data.split("train"), data.labels("train")), BatchRNG(0, 16))
+    loss = fam.loss(data.split("train"), BatchRNG(0, 16), labels=data.labels("train"))
     loss.backward()
     grad = fam.net.label.table.weight.grad
     assert torch.isfinite(loss) and grad is not None and grad[:2].abs().sum() > 0

@@ -41,7 +41,7 @@ from torch import nn
 from bench.protocols import LikelihoodResult
 from bench.types import Levels, OmitAtDefault
 
-from .guidance import Condition, guide, split_batch
+from .guidance import Condition, check_labels, guide
 from .processes import Process, _bcast, _t64, harmonic_mean, make_process
 
 Prediction = Literal["eps", "x0", "v"]
@@ -87,7 +87,7 @@ class DiffusionFamily(nn.Module):
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         self.num_classes = int(num_classes) if num_classes else None
         self.label_dropout = float(label_dropout)
-        self.wants_labels = self.num_classes is not None  # the trainer passes batches (x, y)
+        self.wants_labels = self.num_classes is not None  # the trainer calls loss(x, rng, labels=y)
         self.condition: Condition | None = None  # set by conditioned(): labels, guidance scale, interval
 
     # ------------------------------------------------------------------ network plumbing
@@ -184,11 +184,12 @@ class DiffusionFamily(nn.Module):
         return p.f(t) * x + (0.5 * p.g2(t) / p.sigma(t)) * self.noise.sqrt(e)
 
     # ------------------------------------------------------------------ training
-    def loss(self, batch: Any, rng: Any) -> torch.Tensor:
-        """The training loss of a batch: data ``x0``, or ``(x0, y)`` with class labels for a
-        conditional model, whose labels are replaced by the null class with probability
-        ``label_dropout`` (Ho & Salimans 2022, Algorithm 1) before :meth:`denoising_loss`."""
-        x0, y = split_batch(batch, self.num_classes)
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of a batch ``x0``; a conditional model (``wants_labels``) is called with
+        the batch's class ``labels`` (the trainer's ``loss(x, rng, labels=y)``), each replaced by the
+        null class with probability ``label_dropout`` (Ho & Salimans 2022, Algorithm 1) before
+        :meth:`denoising_loss`."""
+        y = check_labels(labels, x0, self.num_classes)
         if self.num_classes is None:
             return self.denoising_loss(x0, rng)
         if self.label_dropout > 0:

@@ -77,16 +77,15 @@ def requested_labels(indices: Any, num_classes: int) -> torch.Tensor:
     return torch.as_tensor(list(indices), dtype=torch.int64) % int(num_classes)
 
 
-def split_batch(batch: Any, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A training batch as (x0, labels): a tensor, or ``(x0, y)`` for a family that wants labels."""
-    if isinstance(batch, (tuple, list)):
-        x0, y = batch
-        y = None if num_classes is None else torch.as_tensor(y).to(device=x0.device, dtype=torch.int64)
-        return x0, y
-    if num_classes is not None:
-        raise ValueError("a class-conditional family needs batches (x, labels): the dataset has no labels "
-                         "or the trainer did not pass them")
-    return batch, None
+def check_labels(labels: Any, x0: torch.Tensor, num_classes: int | None) -> torch.Tensor | None:
+    """The training labels of a batch as int64 on ``x0``'s device (None for an unconditional family,
+    which ignores them); a conditional family without labels is an error."""
+    if num_classes is None:
+        return None
+    if labels is None:
+        raise ValueError("a class-conditional family is trained with loss(x, rng, labels=y): the dataset has no "
+                         "labels or the trainer did not pass them")
+    return torch.as_tensor(labels).to(device=x0.device, dtype=torch.int64)
 
 
-__all__ = ["Condition", "guide", "requested_labels", "split_batch"]
+__all__ = ["Condition", "check_labels", "guide", "requested_labels"]

@@ -114,10 +114,10 @@ class OracleFamily(DiffusionFamily):
         a, s = self.process.alpha_sigma(t)
         return self.network(lambda y=None: self.oracle(x, a, s, y), x, s)
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The optimal value of the eps loss (L_a) on this batch: the loss floor (section 9 item 8)."""
         with torch.no_grad():
-            return super().loss(x0, rng)
+            return super().loss(x0, rng, labels)
 
     def data_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p_data(x) (nats per sample), for tests and reference numbers."""
@@ -213,10 +213,10 @@ class FlowMatchingOracle(FlowMatchingFamily):
         da, ds = path_rates(self.process, t)
         return self.network(lambda y=None: self.oracle(x, a, s, da, ds, y), x, s)
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The flow-matching loss of the exact velocity on this batch: the loss floor."""
         with torch.no_grad():
-            return super().loss(x0, rng)
+            return super().loss(x0, rng, labels)
 
     data_log_prob = OracleFamily.data_log_prob
 
@@ -260,10 +260,10 @@ class EDMOracle(EDMFamily):
         eps = self.network(lambda y=None: self.oracle(x, torch.ones_like(s), s, y), x, s)
         return x - _bcast(s, x) * self.noise.sqrt(eps)
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The EDM loss of the exact denoiser on this batch: the loss floor."""
         with torch.no_grad():
-            return super().loss(x0, rng)
+            return super().loss(x0, rng, labels)
 
     data_log_prob = OracleFamily.data_log_prob
 
