@@ -39,7 +39,9 @@ from pydantic import Field
 from torch import nn
 
 from bench.protocols import LikelihoodResult
-from bench.types import Levels, OmitAtDefault
+from bench.types import Levels
+
+from .conditioning import ClassConditional, LabelDropout
 
 from .guidance import Condition, check_labels, guide
 from .processes import Process, _bcast, _t64, harmonic_mean, make_process
@@ -335,10 +337,6 @@ def conditioning(spec: dict, label_dropout: float) -> dict[str, Any]:
 # ---------------------------------------------------------------- registered factories
 
 TMin = Annotated[float, Field(gt=0, lt=0.5)]
-#: class-conditional training on a labelled dataset (num_classes from the data; docs/diffusion.md)
-ClassConditional = Annotated[bool, OmitAtDefault()]
-#: probability of training on the null class instead of the label (classifier-free guidance)
-LabelDropout = Annotated[float, Field(ge=0, lt=1), OmitAtDefault()]
 
 
 def ddpm(noise: Spec = "isotropic", schedule: Spec = "linear", T: Levels = 1000, prediction: Prediction = "eps",
@@ -409,6 +407,5 @@ def ve_sde(noise: Spec = "isotropic", schedule: Spec = "geometric", conditional:
                    class_conditional=class_conditional, label_dropout=label_dropout)
 
 
-__all__ = ["DiffusionFamily", "build_process", "build_network", "num_classes_for", "conditioning",
-           "ClassConditional", "LabelDropout", "ddpm", "ni_ddpm", "smld", "ni_smld",
+__all__ = ["DiffusionFamily", "build_process", "build_network", "num_classes_for", "conditioning", "ddpm", "ni_ddpm", "smld", "ni_smld",
            "vp_sde", "ve_sde"]

@@ -38,8 +38,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .families import (ClassConditional, DiffusionFamily, LabelDropout, Spec, build_network, build_process,
-                       conditioning)
+from .conditioning import ClassConditional, LabelDropout
+from .families import DiffusionFamily, Spec, build_network, build_process, conditioning
 from .processes import LinearProcess, Process, StraightPath, VPProcess, _bcast
 
 Path = Literal["linear", "vp"]

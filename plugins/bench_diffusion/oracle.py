@@ -30,7 +30,8 @@ from pydantic import Field
 from torch import nn
 
 from .edm import EDMFamily, build_sigma_process
-from .families import ClassConditional, DiffusionFamily, Spec, build_process
+from .conditioning import ClassConditional
+from .families import DiffusionFamily, Spec, build_process
 from .flow_matching import FlowMatchingFamily, build_path, path_rates
 from .noise import dense_matrix
 from .processes import _bcast, _t64

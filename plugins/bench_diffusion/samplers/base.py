@@ -6,27 +6,13 @@ is for the requested labels and guided, whatever the sampler."""
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import AfterValidator, Field
 
-from bench.types import OmitAtDefault
-
+from ..conditioning import Guidance, GuidanceInterval  # noqa: F401 - the samplers' parameter types
 from ..guidance import requested_labels
 from ..processes import levels_info
-
-
-def _check_interval(v: tuple[float, float]) -> tuple[float, float]:
-    if not 0.0 <= v[0] < v[1] <= 1.0:
-        raise ValueError(f"guidance_interval must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {list(v)}")
-    return v
-
-
-#: classifier-free guidance scale w (0: the conditional model; -1: the unconditional one)
-Guidance = Annotated[float, Field(ge=-1, le=100), OmitAtDefault()]
-#: [t_lo, t_hi] in the family's time (t = 0 data, t = 1 noise) where guidance applies
-GuidanceInterval = Annotated[tuple[float, float], AfterValidator(_check_interval), OmitAtDefault()]
 
 
 def _conditioned(sample):

@@ -34,7 +34,8 @@ from pydantic import AfterValidator, Field
 
 from bench.errors import did_you_mean
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 
 #: diffusers schedulers that take (trained_betas, num_train_timesteps, prediction_type) and step a
 #: noise-prediction model (not: DPMSolverSDEScheduler, which needs torchsde; LCM/TCD, which are for

@@ -16,7 +16,8 @@ from pydantic import Field
 
 from bench.types import Spacing, Steps
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 
 
 

@@ -20,7 +20,8 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 from bench.types import Steps
 
 NonNeg = Annotated[float, Field(ge=0)]

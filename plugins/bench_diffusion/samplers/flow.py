@@ -17,7 +17,8 @@ from pydantic import Field
 
 from bench.ode import solve_ode
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 from bench.types import Steps
 
 Adaptive = Literal["dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8"]

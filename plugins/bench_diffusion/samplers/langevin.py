@@ -39,7 +39,8 @@ from pydantic import Field
 
 from bench.types import Spacing, Steps
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 
 TAU = 2.0  # ALD's default Langevin time per level, in units of the level's noise variance
 

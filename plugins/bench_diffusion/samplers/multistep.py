@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 from bench.types import Spacing, Steps
 
 Final = Literal["data", "level"]

@@ -19,7 +19,8 @@ from pydantic import Field
 from bench.ode import SolverName, is_fixed_grid, solve_ode
 from bench.types import Steps
 
-from .base import DiffusionSampler, Guidance, GuidanceInterval
+from ..conditioning import Guidance, GuidanceInterval
+from .base import DiffusionSampler
 
 
 
