@@ -275,11 +275,15 @@ def compare_runs(experiment, uri, rows, cols, metric, where, fmt, output, plot, 
 
 def write_plot(df, experiment: str, metric: str, x: str, group: str, path: Path, average: Sequence[str]) -> Path:
     """``metric`` against ``x`` (a metric, e.g. nfe), one line per ``group``, with 95% error bars;
-    each point follows the table's aggregation rules, and the legend gives each line's n."""
+    each point follows the table's aggregation rules, and the legend gives each line's n. When the runs'
+    guidance scales differ and ``x`` is the default ``nfe`` (or ``x`` is ``guidance``), the guidance plot
+    (:func:`write_guidance_plot`)."""
     import pandas as pd
 
     from .plots import line_plot
 
+    if x == GUIDANCE or (x == "nfe" and guidance_scales(df).nunique() > 1):
+        return write_guidance_plot(df, experiment, metric, group, path, average)
     if f"metrics.{x}" not in df.columns:
         metrics = sorted(c[len("metrics."):] for c in df.columns if c.startswith("metrics."))
         raise UserError(f"--x: no metric '{x}'", hint=f"metrics: {', '.join(metrics)}")
@@ -294,6 +298,42 @@ def write_plot(df, experiment: str, metric: str, x: str, group: str, path: Path,
     floor = float(df[floor_col].mean()) if floor_col in df.columns else None
     line_plot(points, x, metric, group, path, title=f"{experiment}: {metric} vs {x} (95% intervals)",
               logx=(x == "nfe"), floor=floor, lo="lo", hi="hi")
+    return path
+
+
+GUIDANCE = "guidance"
+
+
+def guidance_scales(df):
+    """Each run's classifier-free guidance scale (the ``sampler.guidance`` param; 0 where not set)."""
+    import pandas as pd
+
+    col = f"params.sampler.{GUIDANCE}"
+    if col not in df.columns:
+        return pd.Series(0.0, index=df.index)
+    return pd.to_numeric(df[col], errors="coerce").fillna(0.0)
+
+
+def write_guidance_plot(df, experiment: str, metric: str, group: str, path: Path, average: Sequence[str]) -> Path:
+    """The fidelity/diversity frontier: ``metric`` and, when the runs have them, precision and recall
+    (``prc_precision``, ``prc_recall``: metrics named ``precision``/``recall`` or ending so) against
+    the guidance scale w, one line per ``group``, 95% error bars as in the table."""
+    import pandas as pd
+
+    from .plots import panels_plot
+
+    frame = df.assign(**{f"metrics.{GUIDANCE}": guidance_scales(df)})
+    present = [c[len("metrics."):] for c in frame.columns if c.startswith("metrics.") and frame[c].notna().any()]
+    panels = []
+    for m in dict.fromkeys([metric] + [m for m in sorted(present) if m in ("precision", "recall")
+                                       or m.endswith(("_precision", "_recall"))]):
+        table = build_table(frame[frame[f"metrics.{m}"].notna()], group, GUIDANCE, m, average)
+        points = pd.DataFrame([{group: r, GUIDANCE: float(c), m: cell.interval.mean, "lo": cell.interval.lo,
+                                "hi": cell.interval.hi} for (r, c), cell in table.cells.items()])
+        floor_col = f"metrics.{m}_floor"
+        panels.append((points, m, float(frame[floor_col].mean()) if floor_col in frame.columns else None))
+    panels_plot(panels, GUIDANCE, group, path, lo="lo", hi="hi",
+                title=f"{experiment}: {', '.join(p[1] for p in panels)} vs guidance scale w (95% intervals)")
     return path
 
 

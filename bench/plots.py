@@ -88,6 +88,30 @@ def line_plot(frame, x: str, y: str, group: str, path: Path, title: str = "", lo
     mean ``swd_floor``) is drawn as a dashed line; the columns ``lo`` and ``hi`` (an interval
     around ``y``, NaN where there is none) are drawn as error bars."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    _lines(ax, frame, x, y, group, logx, floor, lo, hi)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def panels_plot(panels: Sequence[tuple[Any, str, float | None]], x: str, group: str, path: Path,
+                title: str = "", lo: str | None = None, hi: str | None = None) -> None:
+    """Side by side, one :func:`line_plot` panel per ``(frame, y, floor)``, sharing the x axis and
+    the legend (e.g. FID and precision against the guidance scale: the fidelity/diversity frontier)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.0, 4.2), squeeze=False)
+    for ax, (frame, y, floor) in zip(axes[0], panels):
+        _lines(ax, frame, x, y, group, False, floor, lo, hi)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _lines(ax, frame, x: str, y: str, group: str, logx: bool, floor: float | None, lo: str | None,
+           hi: str | None) -> None:
     styles = ["-", "--", ":", "-."]
     for i, (key, sub) in enumerate(frame.groupby(group)):
         sub = sub.sort_values(x)
@@ -109,8 +133,3 @@ def line_plot(frame, x: str, y: str, group: str, path: Path, title: str = "", lo
     ax.set_ylabel(y)
     if logx:
         ax.set_xscale("log")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import typing
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -34,6 +35,15 @@ from .signatures import static_signature
 KINDS = tuple(REGISTER_HOOKS.values())
 
 RESERVED_PARAMS = ("context",)
+
+
+def _omitted_at_default(annotation: Any) -> bool:
+    """Whether ``annotation`` (or a member of its union) carries :class:`bench.types.OmitAtDefault`."""
+    from .types import OmitAtDefault
+
+    metas = list(getattr(annotation, "__metadata__", ()))
+    metas += [m for a in typing.get_args(annotation) for m in getattr(a, "__metadata__", ())]
+    return any(isinstance(m, OmitAtDefault) for m in metas)
 #: registration meta stamped onto every created object as a frozenset (declared once, at registration)
 CAPABILITIES = ("requires", "provides")
 
@@ -168,7 +178,7 @@ class Entry:
         out = {}
         for p in self.signature().parameters.values():
             if p.name in RESERVED_PARAMS or p.default is inspect.Parameter.empty \
-                    or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or _omitted_at_default(p.annotation):
                 continue
             default = self.defaults.get(p.name, p.default)
             if isinstance(default, tuple):

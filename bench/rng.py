@@ -91,6 +91,7 @@ class PerSampleRNG:
 
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu", prefetch: int = 0):
         self.seeds = [int(s) for s in seeds]
+        self.indices: list[int] | None = None  # set by for_indices
         self.device = torch.device(device)
         # On the CPU the integer rounds run in numpy (uint64: about 1.5x the throughput of torch int64
         # and a quarter of its per-operation cost); elsewhere in torch, on the device.
@@ -110,7 +111,9 @@ class PerSampleRNG:
     @classmethod
     def for_indices(cls, seed: int, indices: Sequence[int], stream: str = "sample",
                     device: str | torch.device = "cpu", prefetch: int = 0) -> "PerSampleRNG":
-        return cls(derive_seeds((seed, stream), indices), device, prefetch)
+        rng = cls(derive_seeds((seed, stream), indices), device, prefetch)
+        rng.indices = list(indices)  # the sample indices (class-conditional samplers label sample i by i)
+        return rng
 
     @property
     def blocks_used(self) -> int:

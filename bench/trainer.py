@@ -1,6 +1,7 @@
 """The training loop, checkpoint loading and the record of failed trainings (DESIGN.md section 5).
 
-``train`` minimises ``family.loss(x, rng)`` with Adam on mini-batches drawn with a seeded generator;
+``train`` minimises ``family.loss(x, rng)`` (``family.loss(x, rng, labels=y)`` with the class labels
+y when the family sets ``wants_labels``) with Adam on mini-batches drawn with a seeded generator;
 with ``ema > 0`` it keeps an exponential moving average of the weights,
 ``e <- e + (1 - d) (p - e)`` with the warm-up decay ``d = min(ema, (1 + step) / (10 + step))``, and
 the checkpoint holds both weight sets. Everything random comes from seeds derived from the case

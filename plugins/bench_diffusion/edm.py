@@ -26,7 +26,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .families import DiffusionFamily, Spec, build_network, build_process
+from .conditioning import ClassConditional, LabelDropout
+from .families import DiffusionFamily, Spec, build_network, build_process, conditioning
 from .processes import Process, _bcast, _t64
 
 Positive = Annotated[float, Field(gt=0)]
@@ -63,10 +64,13 @@ class EDMFamily(DiffusionFamily):
         return self.process.sigma(self.process.t_min), self.process.sigma(self.process.t_max)
 
     def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
-        """D(x; s) = c_skip x + c_out F(c_in x, c_noise): one network call; ``sigma`` a float or (B,)."""
+        """D(x; s) = c_skip x + c_out F(c_in x, c_noise): one network call (two when guided, on F:
+        bench_diffusion.guidance); ``sigma`` a float or (B,)."""
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
         noise_in = (c_noise.expand(x.shape[0]) if c_noise.dim() == 0 else c_noise).float().to(x.device)
-        return _bcast(c_skip, x) * x + _bcast(c_out, x) * self.net(_bcast(c_in, x) * x, noise_in)
+        x_in = _bcast(c_in, x) * x
+        out = self.network(lambda **y: self.net(x_in, noise_in, **y), x, _t64(sigma))
+        return _bcast(c_skip, x) * x + _bcast(c_out, x) * out
 
     def eps(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         """eps_hat = sqrt(Sigma)^-1 (x - D(x; sigma(t))) / sigma(t)."""
@@ -77,7 +81,7 @@ class EDMFamily(DiffusionFamily):
         """ln s ~ N(P_mean, P_std^2), one per sample (float64)."""
         return torch.exp(self.P_mean + self.P_std * rng.randn(dtype=torch.float64).cpu())
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def denoising_loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
         """mean_b lambda(s_b) mean_d |D(y + s sqrt(Sigma) n; s) - y|^2 (module docstring)."""
         s = self.sample_sigma(rng)
         x = x0 + _bcast(s, x0) * self.noise.sqrt(rng.randn(*self.shape).to(x0))
@@ -95,14 +99,16 @@ def build_sigma_process(noise: Spec, schedule: Spec, context: Any) -> Process:
 
 
 def edm(noise: Spec = "isotropic", schedule: Spec = None, sigma_data: Positive = 0.5, P_mean: float = -1.2,
-        P_std: Positive = 1.2, network: Spec = None, context=None) -> EDMFamily:
+        P_std: Positive = 1.2, network: Spec = None, class_conditional: ClassConditional = False,
+        label_dropout: LabelDropout = 0.1, context=None) -> EDMFamily:
     """EDM (Karras et al. 2022): preconditioned denoiser, log-normal sigma sampling, on the sigma
     process with Sigma-shaped ``noise``; ``schedule`` default karras(0.002, 80, rho = 7)."""
     process = build_sigma_process(noise, schedule, context)
-    net, spec = build_network(network, context)
+    net, spec = build_network(network, context, class_conditional)
     info = context.data
     return EDMFamily(process, net, sigma_data=sigma_data, P_mean=P_mean, P_std=P_std,
-                     value_range=info.value_range, levels=info.levels, network_spec=spec)
+                     value_range=info.value_range, levels=info.levels, network_spec=spec,
+                     **conditioning(spec, label_dropout))
 
 
 __all__ = ["EDMFamily", "edm", "edm_preconditioning", "edm_loss_weight", "build_sigma_process", "KARRAS_EDM"]

@@ -38,7 +38,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .families import DiffusionFamily, Spec, build_network, build_process
+from .conditioning import ClassConditional, LabelDropout
+from .families import DiffusionFamily, Spec, build_network, build_process, conditioning
 from .processes import LinearProcess, Process, StraightPath, VPProcess, _bcast
 
 Path = Literal["linear", "vp"]
@@ -106,7 +107,7 @@ class FlowMatchingFamily(DiffusionFamily):
         """The noise ``z`` reordered by the coupling (unchanged for ``independent``)."""
         return z[ot_pairing(x0, z)] if self.coupling == "ot" else z
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def denoising_loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
         """Conditional flow matching: mean |u_theta(x_t, t) + alpha' x_0 + sigma' z|^2 (module docstring)."""
         p = self.process
         t = p.sample_t(rng)
@@ -140,15 +141,17 @@ TMin = Annotated[float, Field(ge=0, lt=0.5)]
 
 def flow_matching(path: Path = "linear", noise: Spec = "isotropic", schedule: Spec = None,
                   coupling: Coupling = "independent", t_min: TMin | None = None, network: Spec = None,
+                  class_conditional: ClassConditional = False, label_dropout: LabelDropout = 0.1,
                   context=None) -> FlowMatchingFamily:
     """Flow matching (Lipman et al. 2023) / rectified flow (Liu et al. 2023) on the ``linear`` or
     ``vp`` path with source noise N(0, Sigma) from ``noise``; ``coupling: ot`` for minibatch OT.
-    ``t_min``: lowest time (default 0 on the linear path, 1e-3 on the VP path)."""
+    ``t_min``: lowest time (default 0 on the linear path, 1e-3 on the VP path). ``class_conditional``:
+    labels from the dataset, ``label_dropout`` for classifier-free guidance (bench_diffusion.guidance)."""
     process = build_path(path, noise, schedule, context, t_min)
-    net, spec = build_network(network, context)
+    net, spec = build_network(network, context, class_conditional)
     info = context.data
     return FlowMatchingFamily(process, net, coupling=coupling, value_range=info.value_range, levels=info.levels,
-                              network_spec=spec)
+                              network_spec=spec, **conditioning(spec, label_dropout))
 
 
 __all__ = ["FlowMatchingFamily", "flow_matching", "ot_pairing", "path_rates", "build_path"]

@@ -13,6 +13,11 @@ With B_k = U_k diag(lambda_k) U_k^T (eigh, once) and y_k = U_k^T (w - alpha mu_k
 
 with responsibilities r_k from log w_k - 1/2 sum(y_k^2 / d_k) - 1/2 sum(log d_k). The score in x is
 s = -sqrt(Sigma)^-1 eps* / sigma (6.2.4 / 6.3.6), exactly the family interface's conversion.
+
+With ``class_conditional: true`` the oracles are class-conditional with one class per mixture
+component: label k conditions on component k (its responsibilities are r = e_k: the exact eps, velocity
+or denoiser of the single Gaussian N(m_k, S_k)), the null class K is the whole mixture. Classifier-free
+guidance (bench_diffusion.guidance) then has the closed form (1 + w) eps*_k - w eps*_mixture.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from .edm import EDMFamily, build_sigma_process
+from .conditioning import ClassConditional
 from .families import DiffusionFamily, Spec, build_process
 from .flow_matching import FlowMatchingFamily, build_path, path_rates
 from .noise import dense_matrix
@@ -69,14 +75,24 @@ class MixtureEps(nn.Module):
         self.register_buffer("lam", torch.tensor(np.stack(lams), dtype=torch.float64))  # (K, D)
         self.register_buffer("mu", torch.tensor(np.stack(mus), dtype=torch.float64))    # (K, D)
 
-    def forward(self, x: torch.Tensor, alpha: Any, sigma: Any) -> torch.Tensor:
+    def responsibilities(self, logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """r_k(w) = softmax(logits) (B, K); rows with a label y < K conditioned on that component (e_y)."""
+        r = torch.softmax(logits, dim=1)
+        if y is None:
+            return r
+        y = y.to(r.device).long()
+        real = y < r.shape[1]
+        onehot = torch.nn.functional.one_hot(y.clamp_max(r.shape[1] - 1), r.shape[1]).to(r)
+        return torch.where(real[:, None], onehot, r)
+
+    def forward(self, x: torch.Tensor, alpha: Any, sigma: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         w = self.noise.inv_sqrt(x.to(torch.float64)).reshape(b, -1)
         a, s = _t64(alpha).to(w.device).reshape(-1, 1, 1), _t64(sigma).to(w.device).reshape(-1, 1, 1)
         y = torch.einsum("bd,kde->bke", w, self.u) - a * torch.einsum("kd,kde->ke", self.mu, self.u)[None]
         dvar = a * a * self.lam[None] + s * s                                 # (B or 1, K, D)
         logn = -0.5 * (y * y / dvar).sum(-1) - 0.5 * torch.log(dvar).sum(-1)  # (B, K)
-        r = torch.softmax(self.logw[None] + logn, dim=1)
+        r = self.responsibilities(self.logw[None] + logn, labels)
         g = torch.einsum("bke,kde->bkd", y / dvar, self.u)                    # U_k (y_k / d_k) = C_k^-1 (w - alpha mu_k)
         eps = s.reshape(-1, 1) * (r[..., None] * g).sum(1)
         return eps.reshape(b, *self.shape).to(x.dtype)
@@ -97,12 +113,12 @@ class OracleFamily(DiffusionFamily):
 
     def raw(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         a, s = self.process.alpha_sigma(t)
-        return self.oracle(x, a, s)
+        return self.network(lambda y=None: self.oracle(x, a, s, y), x, s)
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The optimal value of the eps loss (L_a) on this batch: the loss floor (section 9 item 8)."""
         with torch.no_grad():
-            return super().loss(x0, rng)
+            return super().loss(x0, rng, labels)
 
     def data_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p_data(x) (nats per sample), for tests and reference numbers."""
@@ -121,7 +137,8 @@ class OracleFamily(DiffusionFamily):
 
 def oracle(process: Literal["vp", "ve"] = "vp", noise: Spec = "isotropic", schedule: Spec = None,
            T: Annotated[int, Field(ge=2, le=100000)] | None = 1000,
-           t_min: Annotated[float, Field(ge=0, lt=0.5)] | None = None, context=None) -> OracleFamily:
+           t_min: Annotated[float, Field(ge=0, lt=0.5)] | None = None,
+           class_conditional: ClassConditional = False, context=None) -> OracleFamily:
     """The exact score of the dataset's ground truth (``DataInfo.params``) under a VP (ddpm-like,
     default schedule ``linear``) or VE (smld-like, default ``geometric``) process; ``T`` discrete
     levels, or ``T: null`` for continuous time."""
@@ -133,7 +150,7 @@ def oracle(process: Literal["vp", "ve"] = "vp", noise: Spec = "isotropic", sched
     proc = build_process(process, noise, schedule, T, context, t_min=t_min)
     info = context.data
     return OracleFamily(proc, weights, means, covs, value_range=info.value_range, levels=info.levels,
-                        network_spec={"name": "oracle"})
+                        network_spec={"name": "oracle"}, **_classes(class_conditional, weights))
 
 
 # ---------------------------------------------------------------- flow matching: the exact velocity
@@ -149,7 +166,8 @@ class MixtureVelocity(MixtureEps):
     u* = sqrt(Sigma) u*_w. Finite at alpha = 0 (t = 1 of the linear path) and at sigma = 0 for a
     non-degenerate mixture."""
 
-    def forward(self, x: torch.Tensor, alpha: Any, sigma: Any, d_alpha: Any, d_sigma: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, alpha: Any, sigma: Any, d_alpha: Any, d_sigma: Any,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         w = self.noise.inv_sqrt(x.to(torch.float64)).reshape(b, -1)
         shape = (-1, 1, 1)
@@ -159,11 +177,16 @@ class MixtureVelocity(MixtureEps):
         y = torch.einsum("bd,kde->bke", w, self.u) - a * mu_u
         dvar = a * a * self.lam[None] + s * s
         logn = -0.5 * (y * y / dvar).sum(-1) - 0.5 * torch.log(dvar).sum(-1)
-        r = torch.softmax(self.logw[None] + logn, dim=1)                     # (B, K)
+        r = self.responsibilities(self.logw[None] + logn, labels)            # (B, K)
         coef = (da * a * self.lam[None] + ds * s) / dvar                      # (B or 1, K, D)
         in_eig = da * mu_u + coef * y                                         # U_k^T (per-component velocity)
         u_w = -torch.einsum("bke,kde->bd", r[..., None] * in_eig, self.u)
         return self.noise.sqrt(u_w.reshape(b, *self.shape)).to(x.dtype)
+
+
+def _classes(class_conditional: bool, weights: np.ndarray) -> dict[str, Any]:
+    """One class per mixture component when ``class_conditional`` (module docstring)."""
+    return {"num_classes": len(weights)} if class_conditional else {}
 
 
 def _oracle_data(context: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,12 +212,12 @@ class FlowMatchingOracle(FlowMatchingFamily):
     def raw(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         a, s = self.process.alpha_sigma(t)
         da, ds = path_rates(self.process, t)
-        return self.oracle(x, a, s, da, ds)
+        return self.network(lambda y=None: self.oracle(x, a, s, da, ds, y), x, s)
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The flow-matching loss of the exact velocity on this batch: the loss floor."""
         with torch.no_grad():
-            return super().loss(x0, rng)
+            return super().loss(x0, rng, labels)
 
     data_log_prob = OracleFamily.data_log_prob
 
@@ -204,14 +227,15 @@ class FlowMatchingOracle(FlowMatchingFamily):
 
 
 def oracle_fm(path: Literal["linear", "vp"] = "linear", noise: Spec = "isotropic", schedule: Spec = None,
-              t_min: Annotated[float, Field(ge=0, lt=0.5)] | None = None, context=None) -> FlowMatchingOracle:
+              t_min: Annotated[float, Field(ge=0, lt=0.5)] | None = None,
+              class_conditional: ClassConditional = False, context=None) -> FlowMatchingOracle:
     """The exact flow-matching velocity of the dataset's ground truth (``DataInfo.params``) on the
     ``linear`` path or the continuous ``vp`` path (default schedule ``linear``)."""
     weights, means, covs = _oracle_data(context)
     proc = build_path(path, noise, schedule, context, t_min)
     info = context.data
     return FlowMatchingOracle(proc, weights, means, covs, value_range=info.value_range, levels=info.levels,
-                              network_spec={"name": "oracle_fm"})
+                              network_spec={"name": "oracle_fm"}, **_classes(class_conditional, weights))
 
 
 # ---------------------------------------------------------------- EDM: the exact denoiser
@@ -234,13 +258,13 @@ class EDMOracle(EDMFamily):
 
     def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
         s = _t64(sigma)
-        eps = self.oracle(x, torch.ones_like(s), s)
+        eps = self.network(lambda y=None: self.oracle(x, torch.ones_like(s), s, y), x, s)
         return x - _bcast(s, x) * self.noise.sqrt(eps)
 
-    def loss(self, x0: torch.Tensor, rng: Any) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, rng: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The EDM loss of the exact denoiser on this batch: the loss floor."""
         with torch.no_grad():
-            return super().loss(x0, rng)
+            return super().loss(x0, rng, labels)
 
     data_log_prob = OracleFamily.data_log_prob
 
@@ -250,11 +274,11 @@ class EDMOracle(EDMFamily):
 
 
 def oracle_edm(noise: Spec = "isotropic", schedule: Spec = None, sigma_data: Annotated[float, Field(gt=0)] = 0.5,
-               context=None) -> EDMOracle:
+               class_conditional: ClassConditional = False, context=None) -> EDMOracle:
     """The exact EDM denoiser of the dataset's ground truth on the sigma process (``schedule``
     default karras(0.002, 80, rho = 7); ``sigma_data`` only enters the loss floor's weighting)."""
     weights, means, covs = _oracle_data(context)
     proc = build_sigma_process(noise, schedule, context)
     info = context.data
     return EDMOracle(proc, weights, means, covs, sigma_data=sigma_data, value_range=info.value_range,
-                     levels=info.levels, network_spec={"name": "oracle_edm"})
+                     levels=info.levels, network_spec={"name": "oracle_edm"}, **_classes(class_conditional, weights))

@@ -25,6 +25,14 @@ def bench_register_metrics(register):
                  components={"extractor": "feature_extractor"},
                  description=f"{what} by torch-fidelity in a named feature space, with cached reference "
                              "statistics and a real-vs-real floor")
+    register("class_acc", f"{_M}.class_acc:ClassAccuracy", modalities=["image"],
+             components={"classifier": "feature_extractor"},
+             description="accuracy of the digits classifier on class-conditional samples against the requested "
+                         "labels, with a bootstrap interval and the classifier's accuracy on real test data")
+    register("fid_per_class", f"{_M}.class_acc:PerClassFID", modalities=["image"],
+             components={"extractor": "feature_extractor"},
+             description="FID of each requested class against the reference rows of that class "
+                         "(fid_class_<k>, fid_class_mean)")
     register("is", f"{_M}.inception_score:InceptionScore", modalities=["image"],
              components={"extractor": "feature_extractor"},
              description="Inception Score exp(E KL(p(y|x) || p(y))) by torch-fidelity (is_mean, is_std over splits)")

@@ -21,6 +21,32 @@ def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.
     return emb
 
 
+class LabelEmbedding(nn.Module):
+    """A learned vector per class, K + 1 rows: row K is the null class ("no label"), which a network
+    uses when it gets no labels ``y`` and which classifier-free guidance trains by label dropout
+    (Ho & Salimans 2022, section 3.2). Its output is added to the time embedding."""
+
+    def __init__(self, num_classes: int, out_dim: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.table = nn.Embedding(self.num_classes + 1, out_dim)
+
+    def forward(self, y: torch.Tensor | None, batch: int, device=None) -> torch.Tensor:
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        return self.table(y.long())
+
+
+def label_term(label: "LabelEmbedding | None", y: torch.Tensor | None, batch: int, device=None):
+    """The label embedding to add to the time embedding (0 for a network without one; passing labels
+    to such a network is an error)."""
+    if label is None:
+        if y is not None:
+            raise ValueError("this network has no class embedding: build it with num_classes to pass labels y")
+        return 0.0
+    return label(y, batch, device)
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal features followed by a two-layer MLP."""
 

@@ -5,7 +5,8 @@
 - ``small`` (default): :class:`SmallUNet`, for (C, H, W) images with H = W in {8, 16, 32}. Two
   resolution levels by default (``mults=(1, 2)``): one residual block per level with GroupNorm and
   SiLU, the time embedding added in every block, average-pool down, nearest up, skip connections by
-  concatenation. 368,641 parameters at ``base=32`` on 8x8 grey images: sized for a 2-core CPU.
+  concatenation; with ``num_classes`` a label embedding (K + 1 rows, row K the null class) is added to
+the time embedding. 368,641 parameters at ``base=32`` on 8x8 grey images: sized for a 2-core CPU.
 - ``ddpm_cifar10``: :class:`bench_nets.ddpm_unet.DDPMUNet` (Ho et al. 2020, appendix B) preset to the
   DDPM CIFAR-10 network (base 128, mults (1, 2, 2, 2), 2 residual blocks per level, attention at
   16x16, dropout 0.1; its parameter count is in that module's docstring). The knobs of the DDPM / NCSN++ CIFAR configurations
@@ -25,10 +26,10 @@ from torch import nn
 from bench.errors import UserError
 
 from .ddpm_unet import DDPMUNet
-from .embedding import TimeEmbedding
+from .embedding import LabelEmbedding, TimeEmbedding, label_term
 
 CONFIGS = ("small", "ddpm_cifar10")
-DDPM_ONLY = ("num_res_blocks", "attn_resolutions", "dropout", "num_classes")
+DDPM_ONLY = ("num_res_blocks", "attn_resolutions", "dropout")
 
 
 def _groups(ch: int) -> int:
@@ -58,7 +59,8 @@ class ResBlock(nn.Module):
 class SmallUNet(nn.Module):
     def __init__(self, in_shape: Sequence[int], base: Annotated[int, Field(gt=0)] = 32,
                  mults: Sequence[int] = (1, 2), time_embed: Annotated[int, Field(gt=1)] = 64,
-                 out_channels: int | None = None, cond_channels: int = 0, zero_init: bool = True):
+                 out_channels: int | None = None, cond_channels: int = 0, zero_init: bool = True,
+                 num_classes: int | None = None):
         super().__init__()
         c, h, w = in_shape
         if h % (2 ** (len(mults) - 1)) or w % (2 ** (len(mults) - 1)):
@@ -66,6 +68,8 @@ class SmallUNet(nn.Module):
         self.in_shape = tuple(in_shape)
         tdim = base * 4
         self.time = TimeEmbedding(time_embed, tdim)
+        self.num_classes = num_classes
+        self.label = LabelEmbedding(num_classes, tdim) if num_classes else None
         self.inp = nn.Conv2d(c + cond_channels, base, 3, padding=1)
         chans = [base * m for m in mults]
         self.down = nn.ModuleList()
@@ -84,10 +88,11 @@ class SmallUNet(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        emb = self.time(t)
+        emb = self.time(t) + label_term(self.label, y, x.shape[0], x.device)
         h = self.inp(torch.cat([x, cond], 1) if cond is not None else x)
         skips = []
         for i, block in enumerate(self.down):

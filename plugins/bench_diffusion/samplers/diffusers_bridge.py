@@ -34,6 +34,7 @@ from pydantic import Field
 
 from bench.errors import did_you_mean
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 from .diffusers_names import SCHEDULERS, SchedulerName, check_scheduler  # noqa: F401 - SCHEDULERS re-exported
 
@@ -85,8 +86,10 @@ class DiffusersScheduler(DiffusionSampler):
 
     def __init__(self, scheduler: SchedulerName = "DPMSolverMultistepScheduler",
                  steps: Annotated[int, Field(ge=1, le=100000)] = 20, options: dict[str, Any] | None = None,
-                 context: Any = None):
-        super().__init__(steps, None, False, False, context)
+                 guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, None, False, False, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.scheduler_name = check_scheduler(scheduler)
         self.options = dict(options or {})
         fixed = sorted(set(self.options) & set(FROM_FAMILY))

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from bench.types import Spacing, Steps
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 
 
@@ -31,8 +32,10 @@ class Ancestral(DiffusionSampler):
 
     def __init__(self, steps: Steps | None = None, spacing: Spacing | None = None,
                  variance: Literal["beta_tilde", "beta"] = "beta_tilde", clip_x0: bool | None = None,
-                 context: Any = None):
-        super().__init__(steps, spacing, True, clip_x0, context)
+                 guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, True, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.variance = variance
 
     def params(self):
@@ -66,8 +69,10 @@ class DDIM(DiffusionSampler):
 
     def __init__(self, steps: Steps | None = None, spacing: Spacing | None = None,
                  eta: Annotated[float, Field(ge=0, le=1)] = 0.0,
-                 clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, True, clip_x0, context)
+                 clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, True, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.eta = eta
 
     def params(self):

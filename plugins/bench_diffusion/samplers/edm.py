@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 from bench.types import Steps
 
@@ -40,10 +41,12 @@ class EDMEuler(DiffusionSampler):
     second_order = False
 
     def __init__(self, steps: Steps = 18, S_churn: NonNeg = 0.0, S_tmin: NonNeg = 0.0,
-                 S_tmax: NonNeg = math.inf, S_noise: NonNeg = 1.0, context: Any = None):
+                 S_tmax: NonNeg = math.inf, S_noise: NonNeg = 1.0, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
         if steps is None:
             raise ValueError(f"{self.name} needs steps")
-        super().__init__(steps, None, False, False, context)
+        super().__init__(steps, None, False, False, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = S_churn, S_tmin, S_tmax, S_noise
 
     def params(self) -> dict[str, Any]:

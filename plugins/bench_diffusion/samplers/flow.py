@@ -17,6 +17,7 @@ from pydantic import Field
 
 from bench.ode import solve_ode
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 from bench.types import Steps
 
@@ -31,10 +32,12 @@ class FlowODE(DiffusionSampler):
     name = "flow_ode"
     method: ClassVar[str] = "euler"
 
-    def __init__(self, steps: Steps = 50, context: Any = None):
+    def __init__(self, steps: Steps = 50, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
         if steps is None:
             raise ValueError(f"the fixed-step flow sampler {self.name!r} needs steps")
-        super().__init__(steps, None, False, False, context)
+        super().__init__(steps, None, False, False, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.last_nfe: int | None = None
 
     def params(self) -> dict[str, Any]:
@@ -86,8 +89,10 @@ class AdaptiveFlowODE(FlowODE):
 
     name = "dopri5"
 
-    def __init__(self, method: Adaptive = "dopri5", atol: Tol = 1e-5, rtol: Tol = 1e-5, context: Any = None):
-        DiffusionSampler.__init__(self, None, None, False, False, context)
+    def __init__(self, method: Adaptive = "dopri5", atol: Tol = 1e-5, rtol: Tol = 1e-5, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        DiffusionSampler.__init__(self, None, None, False, False, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.last_nfe = None
         self.method, self.atol, self.rtol = method, atol, rtol
         self.name = method

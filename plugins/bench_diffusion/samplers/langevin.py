@@ -39,6 +39,7 @@ from pydantic import Field
 
 from bench.types import Spacing, Steps
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 
 TAU = 2.0  # ALD's default Langevin time per level, in units of the level's noise variance
@@ -78,8 +79,10 @@ class ALD(DiffusionSampler):
 
     def __init__(self, steps: Steps | None = None, n_steps_each: Annotated[int, Field(ge=1, le=1000)] = 5,
                  step_lr: Annotated[float, Field(gt=0)] | None = None, spacing: Spacing | None = None,
-                 denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, denoise, clip_x0, context)
+                 denoise: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, denoise, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.n_steps_each, self.step_lr = n_steps_each, step_lr
 
     def params(self):
@@ -112,8 +115,11 @@ class CAS(DiffusionSampler):
     name = "cas"
 
     def __init__(self, steps: Steps | None = None, step_lr: Annotated[float, Field(gt=0)] | None = None,
-                 spacing: Spacing | None = None, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, denoise, clip_x0, context)
+                 spacing: Spacing | None = None, denoise: bool = True, clip_x0: bool | None = None,
+                 guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, denoise, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.step_lr = step_lr
 
     def params(self):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 from bench.types import Spacing, Steps
 
@@ -57,8 +58,11 @@ class MultistepSampler(DiffusionSampler):
     order = 1
     lower_order_final = True
 
-    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, True, clip_x0, context)
+    def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, clip_x0: bool | None = None,
+                 guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, True, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
 
     def data_pred(self, family: Any, x: torch.Tensor, t: float) -> torch.Tensor:
         """D = x0_hat (one network call), clipped to the data's range when clipping is on."""
@@ -172,8 +176,10 @@ class DPMSolverPP3MSDE(MultistepSampler):
     order = 3
 
     def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, eta: Annotated[float, Field(ge=0, le=1)] = 1.0,
-                 lower_order_final: bool = True, clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, clip_x0, context)
+                 lower_order_final: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.eta, self.lower_order_final = eta, lower_order_final
 
     def params(self):
@@ -238,8 +244,10 @@ class UniPC(MultistepSampler):
 
     def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, order: Literal[1, 2, 3] = 2,
                  variant: Literal["bh1", "bh2"] = "bh2", corrector: bool = True, lower_order_final: bool = True,
-                 clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, clip_x0, context)
+                 clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.order, self.variant, self.corrector = int(order), variant, corrector
         self.lower_order_final = lower_order_final
 
@@ -338,8 +346,10 @@ class DEIS(MultistepSampler):
     name = "deis"
 
     def __init__(self, steps: Steps = 20, spacing: Spacing | None = None, order: Literal[1, 2, 3] = 3,
-                 lower_order_final: bool = True, clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, spacing, clip_x0, context)
+                 lower_order_final: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, spacing, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.order, self.lower_order_final = int(order), lower_order_final
 
     def params(self):

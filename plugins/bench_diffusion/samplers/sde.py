@@ -19,6 +19,7 @@ from pydantic import Field
 from bench.ode import SolverName, is_fixed_grid, solve_ode
 from bench.types import Steps
 
+from ..conditioning import Guidance, GuidanceInterval
 from .base import DiffusionSampler
 
 
@@ -29,8 +30,10 @@ class EulerMaruyama(DiffusionSampler):
 
     name = "euler_maruyama"
 
-    def __init__(self, steps: Steps = 1000, denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, None, denoise, clip_x0, context)
+    def __init__(self, steps: Steps = 1000, denoise: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, None, denoise, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
 
     def params(self):
         return {"steps": self.steps, "denoise": self.denoise, "clip_x0": self.clip_x0}
@@ -78,8 +81,10 @@ class PredictorCorrector(EulerMaruyama):
     def __init__(self, steps: Steps = 1000, n_corrector: Annotated[int, Field(ge=0, le=100)] = 1,
                  snr: Annotated[float, Field(gt=0, le=10)] = 0.16,
                  step_rule: Literal["expected", "per_sample"] = "expected", denoise: bool = True,
-                 clip_x0: bool | None = None, context: Any = None):
-        super().__init__(steps, denoise, clip_x0, context)
+                 clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
+        super().__init__(steps, denoise, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.n_corrector, self.snr, self.step_rule = n_corrector, snr, step_rule
 
     def params(self):
@@ -111,11 +116,13 @@ class PFODE(DiffusionSampler):
 
     def __init__(self, method: SolverName = "rk4", steps: Annotated[int, Field(ge=1, le=100000)] | None = 100,
                  atol: Annotated[float, Field(gt=0)] = 1e-5, rtol: Annotated[float, Field(gt=0)] = 1e-5,
-                 denoise: bool = True, clip_x0: bool | None = None, context: Any = None):
+                 denoise: bool = True, clip_x0: bool | None = None, guidance: Guidance = 0.0,
+                 guidance_interval: GuidanceInterval | None = None, context: Any = None):
         adaptive = not is_fixed_grid(method)
         if not adaptive and steps is None:
             raise ValueError(f"pf_ode with the fixed-step solver {method!r} needs steps")
-        super().__init__(None if adaptive else steps, None, denoise, clip_x0, context)
+        super().__init__(None if adaptive else steps, None, denoise, clip_x0, context=context,
+                         guidance=guidance, guidance_interval=guidance_interval)
         self.method, self.atol, self.rtol = method, atol, rtol
 
     def params(self):
