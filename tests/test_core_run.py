@@ -148,7 +148,7 @@ def test_compare_table_markdown_csv_and_plot(finished_run):
                                       "--rows", "family", "--cols", "sampler", "--plot", "p.png", "--x", "nfe"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0] == "family,sampler,metric,mean,lo,hi,n,interval,mixed_versions"
+    assert lines[0] == "family,sampler,metric,mean,lo,hi,n,interval,mixed_versions,half_width,n_counts"
     assert lines[1].startswith("fitgauss,gauss,mean_err,") and lines[2].startswith("fitgauss,gauss[steps=7],")
     assert Path("p.png").stat().st_size > 1000
     result = CliRunner().invoke(app, ["compare", "-e", "runs", "--metric", "mean_eror"])
