@@ -21,6 +21,7 @@ Pixel likelihood (``likelihood``), per pixel u = (x + 1) / 2 in [0, 1], decoder 
   cross-entropy of a [0, 1] target, exact Bernoulli NLL at u in {0, 1}); the prediction is the mean
   2 sigma(d) - 1. On the mostly black frames its gradient at the background does not vanish the way
   a fixed-variance Gaussian's does once the output is near the average frame.
+  The last layer's bias starts at ``BERNOULLI_INIT_LOGIT`` (-3, a dark frame: the data are mostly black).
 
 Losses over the reconstructed frames R (``train_frames``: ``context`` = C, the thesis's
 reconstruction-only training, section 3.5.4; ``all`` = every frame of the training clip, so the
