@@ -58,7 +58,7 @@ def test_cases_train_sample_and_measure(manager, tmp_path):
     lode = records["lode"]
     assert lode["status"] == "ok", lode.get("error")
     assert {"recon_psnr", "pred_psnr", "pred_ssim", "pred_psnr_t11", "pred_psnr_t20"} <= set(lode["metrics"])
-    assert lode["metrics"]["train_nfe_forward"] == 9 * 4  # rk4 over 9 frame intervals of 0.1
+    assert lode["metrics"]["train_nfe_forward"] == 19 * 4  # rk4 over the 19 frame intervals of 0.1 (train_frames: all)
 
 
 def test_shipped_flows_suite_expands(manager):

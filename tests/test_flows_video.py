@@ -91,7 +91,7 @@ def test_latent_ode_trains_and_predicts(small, variant, task):
 
 def test_latent_ode_reconstruct_and_predict_is_one_solve_through_the_asked_frames(small):
     torch.manual_seed(1)
-    fam = LatentODE(latent_dim=4, channels=[4, 8], ode_hidden=[8], step_size=0.1, context=Ctx(small))
+    fam = LatentODE(latent_dim=4, channels=[4, 8], ode_hidden=[8], step_size=0.1, encoder="frame", context=Ctx(small))
     videos = small.split("test")[:2]
     every = fam.predict_at(videos[:, :10], fam.times(list(range(20))))
     recon, pred = fam.reconstruct_and_predict(videos[:, :10], range(10), range(10, 20))

@@ -3,9 +3,10 @@
 "The encoder and decoder have inverted architectures with the same number of channels in their
 respective orders" (thesis ch. 3): the encoder is stride-2 3x3 convolutions with widths
 ``channels`` and a linear map to ``out_dim``; the decoder mirrors it with transposed convolutions and
-ends in a linear 3x3 conv (no tanh: a tanh saturated at the black background stalls training;
-predictions are clamped to [-1, 1]). ``LatentDynamics`` is the latent ODE f(z, t): an MLP with t
-appended to every layer's input.
+ends in a linear 3x3 conv (no tanh: a tanh saturated at the black background stalls training).
+Its output is a mean in model space or a per-pixel logit, as the family's likelihood reads it. The
+encoder takes any number of input channels, so several frames stacked as channels give one z_0.
+``LatentDynamics`` is the latent ODE f(z, t): an MLP with t appended to every layer's input.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class FrameDecoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, latent_dim) -> (N, C, H, W), unbounded (model space is [-1, 1])."""
+        """(N, latent_dim) -> (N, C, H, W), unbounded (a mean in model space [-1, 1], or logits)."""
         h = self.head(z).view(z.shape[0], self.first, self.start, self.start)
         return self.deconvs(h)
 
