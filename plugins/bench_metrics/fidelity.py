@@ -27,6 +27,7 @@ the same quantity); precision and recall conditional on the full sets' k-NN ball
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import threading
 from collections import OrderedDict
@@ -85,28 +86,36 @@ def identity(ext: FidelityExtractor) -> dict[str, Any]:
     return {k: v for k, v in ext.describe().items() if k not in _VOLATILE}
 
 
-def fidelity_module(ext: FidelityExtractor):
-    """torch-fidelity's extractor module for ``ext`` (created once per process)."""
+def on_cuda(device: str) -> bool:
+    """Whether torch-fidelity runs on CUDA for a case on ``device`` (its ``cuda`` flag)."""
+    return torch.device(device).type == "cuda"
+
+
+def fidelity_module(ext: FidelityExtractor, cuda: bool = False):
+    """torch-fidelity's extractor module for ``ext`` (created once per process and ``cuda`` flag)."""
     from torch_fidelity.utils import create_feature_extractor
 
     register_with_torch_fidelity()
     kw = ext.fidelity_kwargs()
-    key = tuple(sorted((k, str(v)) for k, v in kw.items()))
+    key = (*sorted((k, str(v)) for k, v in kw.items()), ("cuda", cuda))
     with _LOCK:
         if key not in _MODULES:
-            _MODULES[key] = create_feature_extractor(kw["feature_extractor"], [ext.feature_layer], cuda=False,
+            _MODULES[key] = create_feature_extractor(kw["feature_extractor"], [ext.feature_layer], cuda=cuda,
                                                      verbose=False, **{k: v for k, v in kw.items()
                                                                        if k != "feature_extractor"})
         return _MODULES[key]
 
 
-def extract_features(ext: FidelityExtractor, images_u8: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Features ``(N, d)`` of uint8 RGB images, by torch-fidelity's own extraction loop."""
+def extract_features(ext: FidelityExtractor, images_u8: torch.Tensor, batch_size: int,
+                     device: str = "cpu") -> torch.Tensor:
+    """Features ``(N, d)`` (on the CPU) of uint8 RGB images, by torch-fidelity's own extraction loop,
+    on the case's ``device`` when it is CUDA (torch-fidelity's ``cuda`` flag), else on the CPU."""
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
-    with threads(getattr(ext, "threads", None)):
-        out = get_featuresdict_from_dataset(ImageTensorDataset(images_u8), fidelity_module(ext), batch_size,
-                                            cuda=False, save_cpu_ram=True, verbose=False)
+    cuda = on_cuda(device)
+    with threads(getattr(ext, "threads", None)), (torch.cuda.device(device) if cuda else contextlib.nullcontext()):
+        out = get_featuresdict_from_dataset(ImageTensorDataset(images_u8), fidelity_module(ext, cuda), batch_size,
+                                            cuda=cuda, save_cpu_ram=True, verbose=False)
     return out[ext.feature_layer]
 
 
@@ -119,7 +128,7 @@ class Features:
 
 
 def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, quantize: bool,
-                  batch_size: int, store, log=lambda m: None) -> Features:
+                  batch_size: int, store, log=lambda m: None, device: str = "cpu") -> Features:
     """Features and FID statistics of real images ``x``, from the store or computed and stored."""
     u8 = to_uint8_rgb(x, info.levels, quantize)
     what = {"dataset": info.name, "split": split, "num_samples": len(x),
@@ -136,7 +145,7 @@ def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, qua
             log(f"reference features of {info.name}/{split} (n={len(x)}, {ext.name}) loaded from the store "
                 f"({key[:12]})")
             return Features(feats, stats, key, True)
-        feats = extract_features(ext, u8, batch_size)
+        feats = extract_features(ext, u8, batch_size, device)
         stats = fid_features_to_statistics(feats)
 
         def write(d):
@@ -149,15 +158,16 @@ def real_features(ext: FidelityExtractor, x: torch.Tensor, info, split: str, qua
         return Features(feats, stats, key, False)
 
 
-def generated_features(ext: FidelityExtractor, x: torch.Tensor, info, quantize: bool, batch_size: int) -> Features:
+def generated_features(ext: FidelityExtractor, x: torch.Tensor, info, quantize: bool, batch_size: int,
+                       device: str = "cpu") -> Features:
     """Features of generated images (kept in memory for the other fidelity metrics of the case)."""
     u8 = to_uint8_rgb(x, info.levels, quantize)
-    key = content_key("generated", tensor_digest(u8), identity(ext), batch_size)
+    key = content_key("generated", tensor_digest(u8), identity(ext), batch_size, *(["cuda"] if on_cuda(device) else []))
     with _LOCK:
         hit = _GEN_CACHE.get(key)
     cached = hit is not None
     if not cached:
-        hit = extract_features(ext, u8, batch_size)
+        hit = extract_features(ext, u8, batch_size, device)
         with _LOCK:
             _GEN_CACHE[key] = hit
             while len(_GEN_CACHE) > 4:
@@ -220,14 +230,15 @@ def feature_set(ext: FidelityExtractor, ctx, which: str, num_samples: int | None
     its store entries and its in-memory cache."""
     x = generated(ctx, num_samples)
     ext.prepare()
+    device = ctx.build_context.device
     if which == "generated":
-        f = generated_features(ext, x, ctx.data, quantize, batch_size)
+        f = generated_features(ext, x, ctx.data, quantize, batch_size, device)
         return FeatureSet(f.features, None, None, f.key, f.cached)
     sets = real_sets(ctx.dataset, len(x), reference_split or default_reference_split(ext), reference_num_samples,
                      ctx.log)
     real, split, labels = ((sets.reference, sets.reference_split, sets.reference_labels) if which == "reference"
                            else (sets.floor, sets.floor_split, sets.floor_labels))
-    f = real_features(ext, real, ctx.data, split, quantize, batch_size, ctx.store, ctx.log)
+    f = real_features(ext, real, ctx.data, split, quantize, batch_size, ctx.store, ctx.log, device)
     return FeatureSet(f.features, labels, split, f.key, f.cached)
 
 
@@ -257,15 +268,16 @@ class _Fidelity(abc.ABC):
         self.reference_num_samples, self.quantize, self.batch_size = reference_num_samples, quantize, batch_size
         self.key = key or self.default_key
         self.bootstrap = bootstrap
+        self.device = getattr(context, "device", "cpu")  # features on CUDA when the case runs there
 
     # ------------------------------------------------------------------ shared steps
     def _real(self, dataset, n: int, store, log) -> tuple[RealSets, Features, Features]:
         self.extractor.prepare()
         sets = real_sets(dataset, n, self.reference_split, self.reference_num_samples, log)
         ref = real_features(self.extractor, sets.reference, dataset.info, sets.reference_split, self.quantize,
-                            self.batch_size, store, log)
+                            self.batch_size, store, log, self.device)
         floor = real_features(self.extractor, sets.floor, dataset.info, sets.floor_split, self.quantize,
-                              self.batch_size, store, log)
+                              self.batch_size, store, log, self.device)
         return sets, ref, floor
 
     def precompute(self, dataset, num_samples: int | None, store, log=lambda m: None) -> dict[str, Any]:
@@ -283,7 +295,7 @@ class _Fidelity(abc.ABC):
     def compute(self, ctx) -> dict[str, float]:
         x = generated(ctx, self.num_samples)
         sets, ref, floor = self._real(ctx.dataset, len(x), ctx.store, ctx.log)
-        gen = generated_features(self.extractor, x, ctx.data, self.quantize, self.batch_size)
+        gen = generated_features(self.extractor, x, ctx.data, self.quantize, self.batch_size, self.device)
         k = self.key
         values = self.values(gen, ref, floor)
         n, m, d = len(gen.features), len(ref.features), gen.features.shape[1]
