@@ -135,6 +135,17 @@ def _check_run_flags(device: str | None, precision: str | None) -> None:
         raise UserError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}", Location("--precision"))
 
 
+def _default_executor(suite) -> str:
+    """``process`` when the suite has several trainings and a pool of two or more workers fits, else
+    ``local`` (:func:`bench.executors.plan.default_executor`; the numbers are the same either way)."""
+    from .device import pinnable_gpus
+    from .executors.plan import case_cpus, default_executor
+
+    return default_executor(trainings=len({c.train_key for c in suite.cases}),
+                            cpus=max(case_cpus(c.to_dict()) for c in suite.cases),
+                            gpus=pinnable_gpus(c.device for c in suite.cases))
+
+
 @app.command()
 @guarded
 def run(file: Path = typer.Argument(..., help="suite YAML"),
@@ -143,7 +154,8 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
                                        "sampling times and log-SNR steps (builds the components)"),
         overrides: Optional[List[str]] = SetOpt,
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db)"),
-        executor: str = typer.Option("local", "--executor", help="local | process | ray | a plugin's"),
+        executor: Optional[str] = typer.Option(None, "--executor", help="local | process | ray | a plugin's "
+                                               "(default: process when a pool runs cases side by side, else local)"),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="parallel workers"),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)"),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="skip cases that already finished"),
@@ -153,7 +165,8 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
         results: Optional[Path] = typer.Option(None, "--results", help="results root (default from the suite)"),
         store: Optional[Path] = typer.Option(None, "--store", help="checkpoint/statistics store"),
         threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                              help="torch threads per case (default: all cores, or cores/workers)"),
+                                              help="torch threads per case, for every case (default: the suite's, "
+                                              "else resources.cpus, else 1; hashed)"),
         device: Optional[str] = typer.Option(None, "--device",
                                              help="auto | cpu | cuda | cuda:N | mps, for every case (default: the suite's, else auto)"),
         precision: Optional[str] = typer.Option(None, "--precision",
@@ -163,9 +176,9 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
     if show_grid and not dry_run:
         raise UserError("--show-grid goes with --dry-run")
     _check_run_flags(device, precision)
-    # --device X is --set device=X: it overrides the suite's defaults and every matrix entry's
+    # --device X is --set device=X: it overrides the suite's defaults and every matrix entry's (and so on)
     overrides = [*(overrides or []), *([f"device={device}"] if device else []),
-                 *([f"precision={precision}"] if precision else [])]
+                 *([f"precision={precision}"] if precision else []), *([f"threads={threads}"] if threads else [])]
     manager, suite = _load(file, plugins, overrides)
     if dry_run:  # before importing the session: a dry run needs neither MLflow nor the runner
         _print_plan(suite)
@@ -180,13 +193,14 @@ def run(file: Path = typer.Argument(..., help="suite YAML"),
 
     if not suite.cases:
         raise UserError("the suite expands to no runnable case", hint="see `bench run --dry-run`")
+    executor = executor or _default_executor(suite)
     if executor == "ray" and workers is None and ray_address is None:
         workers = os.cpu_count()
     manager.registries.executor.entry(executor)
     opts = RunOptions(tracking_uri=tracking_uri, executor=executor, workers=workers, ray_address=ray_address,
                       resume=resume, quiet=quiet or not sys.stderr.isatty(), plugins=tuple(plugins or ()),
                       results_root=str(results) if results else None, store=str(store) if store else None,
-                      threads=threads, retry_failed=retry_failed)
+                      retry_failed=retry_failed)
     code = run_suite(suite, manager, opts, echo=typer.echo)
     raise typer.Exit(code)
 

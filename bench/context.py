@@ -61,6 +61,13 @@ class BuildContext:
             factory = extra.get((kind, spec.get("name")))
             if factory is not None:
                 return factory(**{k: v for k, v in spec.items() if k not in ("name", "id")})
+            if kind == "network" and "compile" in spec:  # bench's own key (bench.device.compiled)
+                from .device import compiled
+
+                spec = dict(spec)
+                enabled = spec.pop("compile")
+                network = registries[kind].create(spec, context=ctx)
+                return compiled(network) if enabled else network
             return registries[kind].create(spec, context=ctx)
 
         if data is None and dataset is not None:

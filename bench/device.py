@@ -8,12 +8,20 @@
   scales the loss with ``torch.amp.GradScaler`` so that small gradients do not underflow. fp32 uses no
   autocast at all, so its numbers are those bench gave before precision existed.
 - tf32: on CUDA, ``torch.backends.cuda.matmul.allow_tf32`` (and cuDNN's) for the case; ignored elsewhere.
+- threads: torch's intra-op thread count for the case (``threads:`` in a suite, ``--threads``; default
+  ``resources.cpus``, else 1). It changes the order of float reductions, so it is part of the case's
+  config and hash, and it is the same whatever the executor or the machine's load (issue 14, item 8).
+- compile: ``compile: true`` on a network spec runs the network's ``forward`` through
+  ``torch.compile`` (training and sampling); the module, its hooks and its state dict are unchanged.
 """
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    import torch
 
 import os
 import sys
@@ -129,3 +137,25 @@ def pinnable_gpus(devices) -> int:
     if devices != {"cuda"} or not torch.cuda.is_available():
         return 0
     return torch.cuda.device_count()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (the case's ``threads``), restored afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def compiled(network: "torch.nn.Module") -> "torch.nn.Module":
+    """``network`` with its ``forward`` compiled by ``torch.compile`` (in place; returned). Only the
+    forward is compiled: the module's own hooks (bench's NFE counter, budget checks) stay eager, and
+    the parameters and state-dict keys are those of the plain module, so checkpoints are shared."""
+    import torch
+    network.forward = torch.compile(network.forward)
+    network.bench_compiled = True
+    return network

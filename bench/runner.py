@@ -23,7 +23,7 @@ import torch
 
 from . import plots, samplefile, train_state, trainer
 from .context import BuildContext, MetricContext, MetricSkipped, SampleOutput
-from .device import autocast, tf32
+from .device import autocast, tf32, torch_threads
 from .errors import BudgetExceeded, UserError
 from .samplefile import SampleWriter
 from .samplesink import SampleSink
@@ -43,7 +43,6 @@ class RunSettings:
     results_dir: str
     plugins: tuple[str, ...] = ()
     quiet: bool = False
-    threads: int | None = None
 
 
 @dataclass
@@ -60,14 +59,14 @@ def case_slug(case_id: str) -> str:
 
 
 def run_case(job: CaseJob) -> dict[str, Any]:
-    """Entry point for executors: run the case through the ``bench_run_case`` hook chain."""
+    """Entry point for executors: run the case through the ``bench_run_case`` hook chain, on the
+    case's torch thread count (:func:`bench.device.torch_threads`)."""
     from .plugins import get_manager
 
-    if job.settings.threads:
-        torch.set_num_threads(job.settings.threads)
     manager = get_manager(job.settings.plugins)
     case = Case.from_dict(job.case)
-    record = manager.hook.bench_run_case(case=case, context=job)
+    with torch_threads(case.threads):
+        record = manager.hook.bench_run_case(case=case, context=job)
     if record.get("case_dir"):  # wrappers may have changed the record: the file holds the final one
         write_record(Path(record["case_dir"]), record)
     return record

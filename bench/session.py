@@ -7,7 +7,6 @@ can be re-fed with ``bench log DIR``.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 from .device import pinnable_gpus
 from .executors import signals
+from .executors.plan import case_cpus
 from .plugins import PluginManager, _bench_version
 from .redact import redact_secrets
 from .runner import CaseJob, RunSettings
@@ -39,7 +39,6 @@ class RunOptions:
     plugins: tuple[str, ...] = ()
     results_root: str | None = None
     store: str | None = None
-    threads: int | None = None
     retry_failed: bool = False
 
 
@@ -48,7 +47,8 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
     # tracking first: a bad tracking URI must not leave a results directory behind
     uri = check_tracking_uri(opts.tracking_uri or suite.tracking.get("uri"))
     # the executor next: it may start its workers now, while the driver opens MLflow
-    pinned = {"gpus": pinnable_gpus(c.device for c in suite.cases)} if opts.executor == "process" else {}
+    pinned = {"gpus": pinnable_gpus(c.device for c in suite.cases),  # and workers x cpus <= cores
+              "cpus": max((case_cpus(c.to_dict()) for c in suite.cases), default=1)} if opts.executor == "process" else {}
     executor = manager.registries.executor.create({"name": opts.executor, "workers": opts.workers, **pinned,
                                                    **({"address": opts.ray_address} if opts.ray_address else {})})
     tracker = Tracker(uri, suite.tracking["experiment"])
@@ -90,7 +90,7 @@ def run_suite(suite: ExpandedSuite, manager: PluginManager, opts: RunOptions,
         cleared = clear_failures(Store(store), {c.train_key for c in todo})
         echo(f"bench: --retry-failed: {cleared} failed training(s) will be retried")
     settings = RunSettings(store=store, results_dir=str(results_dir), plugins=tuple(opts.plugins),
-                           quiet=opts.quiet, threads=opts.threads)
+                           quiet=opts.quiet)
     records: list[dict[str, Any]] = []
     for case in resumed:
         run = finished[case.hash]

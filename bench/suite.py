@@ -104,6 +104,15 @@ class BudgetConfig(_Strict):
     max_nfe: Optional[Annotated[int, Field(gt=0)]] = None
 
 
+class ResourcesConfig(_Strict):
+    """What one case occupies while it runs (scheduling only, not hashed): ``cpus`` cores (the process
+    executor fits ``cores // cpus`` workers; Ray's ``num_cpus``; a case's ``threads`` default) and
+    ``gpus`` (Ray's ``num_gpus``, fractions allowed; default 1 for a case on CUDA, else 0)."""
+
+    cpus: Optional[Annotated[int, Field(gt=0)]] = None
+    gpus: Optional[Annotated[float, Field(ge=0)]] = None
+
+
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -114,9 +123,11 @@ class Defaults(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     budget: BudgetConfig = BudgetConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     device: Optional[Device] = None  # None: auto (bench.device)
     precision: Precision = "fp32"
     tf32: Optional[bool] = None
+    threads: Optional[Annotated[int, Field(gt=0)]] = None  # None: resources.cpus, else 1 (bench.device)
 
 
 class TrackingConfig(_Strict):
@@ -128,13 +139,15 @@ Spec = Union[str, dict[str, Any]]
 
 #: the per-case settings a suite's ``defaults`` holds and a matrix entry may override (``--set train.x``
 #: is shorthand for ``defaults.train.x``)
-CASE_SECTIONS = ("train", "eval", "budget")
+CASE_SECTIONS = ("train", "eval", "budget", "resources")
 #: the key of a dataset matrix entry that overrides metric parameters on that dataset:
 #: ``metric_params: {fid: {extractor: random-proj}}`` (metric name or id -> parameters)
 METRIC_PARAMS = "metric_params"
-#: where and in what precision a case runs (bench.device): scalars a matrix entry may override too;
-#: ``--set device=...`` sets them everywhere
-RUN_KEYS = ("device", "precision", "tf32")
+#: where, in what precision and on how many torch threads a case runs (bench.device): scalars a matrix
+#: entry may override too; ``--set device=...`` sets them everywhere
+RUN_KEYS = ("device", "precision", "tf32", "threads")
+#: keys of a ``network`` spec that bench handles itself, not the network's factory (bench.device)
+NETWORK_KEYS = ("compile",)
 #: the seed axes a suite's ``defaults`` holds and a dataset or family matrix entry may override:
 #: ``seeds`` (training seeds) and ``sample_seeds`` (sampling seeds), each a count N (seeds 0..N-1) or
 #: a list; ``--set seeds=3`` sets the default and every entry's
@@ -189,6 +202,8 @@ class Case:
     device: str = "cpu"  # resolved (bench.device): provenance, not hashed
     precision: str = "fp32"
     tf32: bool | None = None
+    threads: int = 1  # torch intra-op threads: hashed (they change float reductions)
+    resources: dict[str, Any] = field(default_factory=dict)  # scheduling only, not hashed
     sample_seed: int | None = None  # None: the training seed
 
     def __post_init__(self) -> None:
@@ -220,10 +235,12 @@ class Case:
                 "budget": self.budget, "seed": self.seed, **self._own_sample_seed(), **self.numerics()}
 
     def numerics(self) -> dict[str, Any]:
-        """Precision and TF32 where they differ from the defaults (fp32, torch's TF32 setting): they
-        change results, so they are hashed; at their defaults they are absent, so that the hashes of
-        suites that do not set them are those from before they existed. The device is not hashed."""
-        out: dict[str, Any] = {}
+        """The torch thread count, and precision and TF32 where they differ from the defaults (fp32,
+        torch's TF32 setting): they change results, so they are hashed; precision and TF32 at their
+        defaults are absent, so that they leave hashes as they were before they existed. The thread
+        count is always present (it used to depend on the executor and the machine: results with an
+        unknown thread count must not share a hash). The device is not hashed."""
+        out: dict[str, Any] = {"threads": self.threads}
         if self.precision != "fp32":
             out["precision"] = self.precision
         if self.tf32 is not None:
@@ -250,11 +267,12 @@ class Case:
     def _training_inputs(self, train: dict[str, Any]) -> tuple:
         return (self.dataset, self.family, train, self.seed,
                 {k: v for k, v in self.versions.items() if k.startswith(("dataset:", "family:"))},
-                *([self.numerics()] if self.numerics() else []))
+                self.numerics())
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, **self.config(), "versions": self.versions,
-                "skipped_metrics": self.skipped_metrics, "device": self.device, "precision": self.precision}
+                "skipped_metrics": self.skipped_metrics, "device": self.device, "precision": self.precision,
+                "resources": self.resources}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Case":
@@ -262,7 +280,8 @@ class Case:
                    metrics=d["metrics"], train=d["train"], eval=d["eval"], budget=d["budget"],
                    seed=d["seed"], versions=d.get("versions", {}),
                    skipped_metrics=d.get("skipped_metrics", {}), device=d.get("device", "cpu"),
-                   precision=d.get("precision", "fp32"), tf32=d.get("tf32"), sample_seed=d.get("sample_seed"))
+                   precision=d.get("precision", "fp32"), tf32=d.get("tf32"), threads=d.get("threads", 1),
+                   resources=d.get("resources") or {}, sample_seed=d.get("sample_seed"))
 
 
 @dataclass
@@ -512,6 +531,18 @@ class _Resolver:
         self.regs = registries
         self.positions = positions
 
+    def _networks(self) -> list[str]:
+        return self.regs["network"].names()
+
+    def _network_keys(self, spec: dict[str, Any], path: tuple) -> dict[str, Any]:
+        """Pop bench's own keys (``NETWORK_KEYS``) from a network spec and check them: ``compile`` is
+        true or false (:func:`bench.device.compiled`; false is the same spec as no key)."""
+        own = {k: spec.pop(k) for k in NETWORK_KEYS if k in spec}
+        if not isinstance(own.get("compile", False), bool):
+            raise SuiteError(f"network 'compile' must be true or false (got {own['compile']!r})",
+                             locate(self.positions, path + ("compile",)))
+        return own
+
     def resolve(self, kind: str, spec: dict[str, Any], path: tuple) -> dict[str, Any]:
         name = spec["name"]
         try:
@@ -524,13 +555,19 @@ class _Resolver:
                 raise SuiteError(f"{kind} id {problem}", locate(self.positions, path + ("id",)))
         params = {k: v for k, v in spec.items() if k not in ("name", "id") + CASE_SECTIONS + RUN_KEYS + SEED_KEYS
                   and not (kind == "dataset" and k == METRIC_PARAMS)}
+        own = self._network_keys(params, path) if kind == "network" else {}
+        for key, value in list(params.items()):  # a network spec a component builds itself (ddpm's network:)
+            if key not in entry.nested() and isinstance(value, dict) and value.get("name") in self._networks():
+                sub = dict(value)
+                params[key] = {**sub, "compile": True} if self._network_keys(sub, path + (key,)).get("compile") else sub
 
         def nested(key: str, sub_kind: str, sub_spec: Any) -> dict[str, Any]:
             sub = _normalize_spec(sub_spec, sub_kind, path + (key,), self.positions)
             return self.resolve(sub_kind, sub, path + (key,))
 
         try:
-            return self.regs[kind].resolve(name, params, spec.get("id"), nested)
+            resolved = self.regs[kind].resolve(name, params, spec.get("id"), nested)
+            return {**resolved, "compile": True} if own.get("compile") else resolved  # absent when off
         except pydantic.ValidationError as exc:  # the factory's parameters name the keys it accepts
             raise _validation_error(exc, self.positions, path, entry.param_model()) from None
         except UserError:  # a nested component's error, already located
@@ -767,7 +804,8 @@ class _CaseBuilder:
                  sample_seed: int | None = None) -> Case:
         sections = {"train": (TrainConfig, self.model.defaults.train.model_dump()),
                     "eval": (EvalConfig, self.model.defaults.eval.model_dump()),
-                    "budget": (BudgetConfig, self.model.defaults.budget.model_dump())}
+                    "budget": (BudgetConfig, self.model.defaults.budget.model_dump()),
+                    "resources": (ResourcesConfig, self.model.defaults.resources.model_dump())}
         values = {key: base for key, (_, base) in sections.items()}
         for extra in extras:
             secs, p = extra.get("sections", {}), extra.get("path", ())
@@ -780,8 +818,11 @@ class _CaseBuilder:
             if METRIC_PARAMS in extra:
                 metrics = self._metric_overrides(metrics, extra[METRIC_PARAMS], extra["path"] + (METRIC_PARAMS,))
         run = _run_keys(self.model.defaults, extras, self.positions)
+        resources = {k: v for k, v in values["resources"].items() if v is not None}
+        if run["threads"] is None:  # the default depends on the suite only, never on the executor or machine
+            run["threads"] = resources.get("cpus", 1)
         case = Case(self.model.name, d, f, s, metrics, values["train"], values["eval"], values["budget"], seed,
-                    **run, sample_seed=sample_seed)
+                    **run, resources=resources, sample_seed=sample_seed)
         case.versions = _versions_for(case, self.regs, self.versions)
         case.skipped_metrics = _metric_skips(self.regs, d, f, metrics)
         return case
@@ -817,11 +858,11 @@ class _CaseBuilder:
 
 
 def _run_keys(defaults: Defaults, extras: list[dict], positions: Positions) -> dict[str, Any]:
-    """``device``, ``precision`` and ``tf32`` of a case: the suite defaults, then each matrix entry's;
+    """``device``, ``precision``, ``tf32`` and ``threads`` of a case: the suite defaults, then each matrix entry's;
     the device resolved now (``auto``), so that one the machine lacks is an error before any case runs."""
     from .device import resolve_device
 
-    values = {"device": defaults.device, "precision": defaults.precision, "tf32": defaults.tf32}
+    values = {key: getattr(defaults, key) for key in RUN_KEYS}
     where = {key: locate(positions, ("defaults", key)) for key in RUN_KEYS}
     for extra in extras:
         secs, p = extra.get("sections", {}), extra.get("path", ())

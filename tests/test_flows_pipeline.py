@@ -45,7 +45,7 @@ def test_cases_train_sample_and_measure(manager, tmp_path):
     suite = load_suite(tmp_path / "s.yaml", manager.registries, manager.versions())
     assert sorted(c.family["id"] for c in suite.cases) == ["cnf2d", "lode"]  # incompatible pairs pruned
     settings = RunSettings(store=str(tmp_path / "store"), results_dir=str(tmp_path / "res"),
-                           plugins=("bench_testplug",), quiet=True, threads=1)
+                           plugins=("bench_testplug",), quiet=True)
     records = {c.family["id"]: run_case(CaseJob(c.to_dict(), settings)) for c in suite.cases}
     cnf = records["cnf2d"]
     assert cnf["status"] == "ok", cnf.get("error")

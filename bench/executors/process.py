@@ -3,10 +3,10 @@ alone writes MLflow. The store's file locks make concurrent cases that share a m
 Budgets, crashes, signals and the driver's death are handled by ``worker.py``, as for ``local``."""
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterable
 
 from ..runner import CaseJob
+from .plan import fitting_workers
 from .worker import CaseWorker, run_jobs
 
 
@@ -26,21 +26,24 @@ def distinct_training_first(jobs: list[CaseJob]) -> list[CaseJob]:
 
 
 class ProcessExecutor:
-    """``gpus`` > 0 (the session passes the number of visible GPUs when every case runs on ``cuda``):
+    """``workers`` defaults to as many as fit: ``cores // cpus``, where ``cpus`` (the session passes
+    the largest among the suite's cases, :func:`plan.case_cpus`) is the cores one case occupies, so
+    that workers x threads <= cores. Each case runs on its own ``threads``.
+
+    ``gpus`` > 0 (the session passes the number of visible GPUs when every case runs on ``cuda``):
     worker i sees only GPU ``i mod gpus`` (``CUDA_VISIBLE_DEVICES``, so it is that worker's ``cuda``),
     and ``workers`` defaults to ``gpus``, one case per GPU at a time."""
 
-    def __init__(self, workers: int | None = None, gpus: int = 0, **_: Any):
-        self.workers = max(1, workers or gpus or (os.cpu_count() or 1))
-        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
-        self.pool = [CaseWorker(self.threads, i % gpus if gpus else None)  # start while MLflow opens
+    def __init__(self, workers: int | None = None, gpus: int = 0, cpus: int = 1, **_: Any):
+        self.workers = max(1, workers or gpus or fitting_workers(cpus))
+        self.pool = [CaseWorker(cpus, i % gpus if gpus else None)  # start while MLflow opens
                      for i in range(self.workers)]
 
     def run(self, jobs: Iterable[CaseJob], on_result: Callable[[dict], None]) -> None:
         jobs = distinct_training_first(list(jobs))
         for job in jobs:
             job.settings.quiet = True
-            job.settings.threads = job.settings.threads or self.threads
-        for extra in self.pool[max(1, len(jobs)):]:  # more workers than cases
+        used = self.pool[:max(1, len(jobs))]
+        for extra in self.pool[len(used):]:  # more workers than cases
             extra.close()
-        run_jobs(jobs, on_result, workers=len(self.pool), threads=self.threads, pool=self.pool[:max(1, len(jobs))])
+        run_jobs(jobs, on_result, workers=len(used), threads=1, pool=used)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import UserError
 from ..runner import CaseJob, run_case
+from .plan import case_cpus
 from .worker import _case_dir, failed_record, grace_s
 
 
@@ -42,10 +43,13 @@ def run_watched(job: CaseJob) -> dict:
 
 
 def task_options(job: CaseJob) -> dict[str, Any]:
-    """Ray resources of one case: a CPU, and a GPU when the case runs on CUDA; Ray then schedules it
-    on a node with a free GPU and sets the task's ``CUDA_VISIBLE_DEVICES``, so its ``cuda`` is that GPU."""
+    """Ray resources of one case: the suite's ``resources`` (``cpus`` -> ``num_cpus``, ``gpus`` ->
+    ``num_gpus``); by default ``num_cpus`` is the case's ``threads`` and ``num_gpus`` is 1 when the
+    case runs on CUDA, else 0. Ray then schedules it on a node with those free and sets the task's
+    ``CUDA_VISIBLE_DEVICES``, so its ``cuda`` is that GPU."""
     on_cuda = str(job.case.get("device", "cpu")).startswith("cuda")
-    return {"num_cpus": 1, "num_gpus": 1 if on_cuda else 0}
+    gpus = (job.case.get("resources") or {}).get("gpus")
+    return {"num_cpus": case_cpus(job.case), "num_gpus": (1 if on_cuda else 0) if gpus is None else gpus}
 
 
 def _written_record(job: CaseJob) -> dict | None:
@@ -55,6 +59,16 @@ def _written_record(job: CaseJob) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if record.get("status") not in (None, "running") else None
+
+
+def _check_feasible(ray, jobs: list[CaseJob]) -> None:
+    """A case that asks for more CPUs or GPUs than the whole cluster has would wait forever: a user error."""
+    have = ray.cluster_resources()
+    for key, want in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        need = max((task_options(job)[want] for job in jobs), default=0)
+        if need > have.get(key, 0):
+            raise UserError(f"a case asks Ray for {want}={need:g}, but the Ray cluster has {have.get(key, 0):g} "
+                            f"{key}(s) in all", hint="lower resources.cpus/gpus or threads, or add nodes")
 
 
 class RayExecutor:
@@ -85,9 +99,9 @@ class RayExecutor:
             from .process import distinct_training_first
 
             jobs = distinct_training_first(list(jobs))
+            _check_feasible(ray, jobs)
             for job in jobs:
                 job.settings.quiet = True
-                job.settings.threads = job.settings.threads or 1
             refs = {remote.options(**task_options(job)).remote(job): job for job in jobs}
             pending = list(refs)
             while pending:

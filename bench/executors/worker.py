@@ -39,7 +39,8 @@ def grace_s(timeout_s: float) -> float:
 
 def _serve(conn, parent_pid: int, threads: int) -> None:
     """The worker loop: receive a job, load its plugins, say "started" (the driver starts the case's
-    clock), run it, send ("record", record); exit on None, EOF or a signal."""
+    clock), run it, send ("record", record); exit on None, EOF or a signal. ``threads``: torch's
+    thread count while the worker imports and waits (each case runs on its own ``threads``)."""
     signals.die_with_parent(parent_pid)
     signals.install()
     try:

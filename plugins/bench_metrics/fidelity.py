@@ -27,6 +27,7 @@ the same quantity); precision and recall conditional on the full sets' k-NN ball
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import threading
 from collections import OrderedDict
@@ -87,28 +88,37 @@ def identity(ext: FidelityExtractor) -> dict[str, Any]:
     return {k: v for k, v in ext.describe().items() if k not in _VOLATILE}
 
 
-def fidelity_module(ext: FidelityExtractor):
-    """torch-fidelity's extractor module for ``ext`` (created once per process)."""
+def on_cuda(device: str) -> bool:
+    """Whether torch-fidelity runs on CUDA for a case on ``device`` (its ``cuda`` flag)."""
+    return torch.device(device).type == "cuda"
+
+
+def fidelity_module(ext: FidelityExtractor, cuda: bool = False):
+    """torch-fidelity's extractor module for ``ext`` (created once per process and ``cuda`` flag)."""
     from torch_fidelity.utils import create_feature_extractor
 
     register_with_torch_fidelity()
     kw = ext.fidelity_kwargs()
-    key = tuple(sorted((k, str(v)) for k, v in kw.items()))
+    key = (*sorted((k, str(v)) for k, v in kw.items()), ("cuda", cuda))
     with _LOCK:
         if key not in _MODULES:
-            _MODULES[key] = create_feature_extractor(kw["feature_extractor"], [ext.feature_layer], cuda=False,
+            _MODULES[key] = create_feature_extractor(kw["feature_extractor"], [ext.feature_layer], cuda=cuda,
                                                      verbose=False, **{k: v for k, v in kw.items()
                                                                        if k != "feature_extractor"})
         return _MODULES[key]
 
 
 def extract_features(ext: FidelityExtractor, images_u8: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Features ``(N, d)`` of uint8 RGB images, by torch-fidelity's own extraction loop."""
+    """Features ``(N, d)`` (on the CPU) of uint8 RGB images, by torch-fidelity's own extraction loop,
+    on the case's device when it is CUDA (torch-fidelity's ``cuda`` flag; ``ext.device``, set by the
+    metric that built the extractor), else on the CPU."""
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
-    with threads(getattr(ext, "threads", None)):
-        out = get_featuresdict_from_dataset(ImageTensorDataset(images_u8), fidelity_module(ext), batch_size,
-                                            cuda=False, save_cpu_ram=True, verbose=False)
+    device = getattr(ext, "device", "cpu")
+    cuda = on_cuda(device)
+    with threads(getattr(ext, "threads", None)), (torch.cuda.device(device) if cuda else contextlib.nullcontext()):
+        out = get_featuresdict_from_dataset(ImageTensorDataset(images_u8), fidelity_module(ext, cuda), batch_size,
+                                            cuda=cuda, save_cpu_ram=True, verbose=False)
     return out[ext.feature_layer]
 
 
@@ -210,7 +220,8 @@ def real_features(ext: FidelityExtractor, x: Rows | torch.Tensor, info, split: s
 
 
 def generated_key(ext: FidelityExtractor, digest: str, batch_size: int) -> str:
-    return content_key("generated", digest, identity(ext), batch_size)
+    cuda = ["cuda"] if on_cuda(getattr(ext, "device", "cpu")) else []  # GPU features round differently
+    return content_key("generated", digest, identity(ext), batch_size, *cuda)
 
 
 def generated_features(ext: FidelityExtractor, x: torch.Tensor, info, quantize: bool, batch_size: int) -> Features:
@@ -362,6 +373,7 @@ class _Fidelity(abc.ABC):
         built = context.build("feature_extractor", extractor)
         self.floor = floor
         self.extractor = as_fidelity_extractor(built, context.data)
+        self.extractor.device = getattr(context, "device", "cpu")  # features on CUDA when the case runs there
         self.reference_split = reference_split or default_reference_split(self.extractor)
         self.num_samples = num_samples
         self.reference_num_samples, self.quantize, self.batch_size = reference_num_samples, quantize, batch_size
