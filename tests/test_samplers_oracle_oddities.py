@@ -212,8 +212,8 @@ def test_pc_gff_bump_is_the_projection_not_the_sampler(iso, gff):
 
 def test_deis_against_diffusers_is_the_last_interval(iso):
     """At 20 steps diffusers' DEIS (linspace grid ending at level ~50, then an order-3 step to the
-    lowest level t = 1/1000, which is 25x longer in lambda) over-disperses (var ratio 1.06, W2 0.11);
-    bench's deis (leading grid, that long last interval at first order by lower_order_final, then
+    lowest level t = 1/1000, 4.3x longer in lambda than the step before) over-disperses (var ratio
+    1.06, W2 0.11); bench's deis (leading grid, that long last interval at first order by lower_order_final, then
     x0 = D) under-disperses (0.85, W2 0.23), on any spacing. Without lower_order_final the order-3
     step over-disperses on bench's grid too (1.16, W2 0.23). The update formulas agree
     (test_diffusion_multistep.py::test_deis_matches_diffusers); at 10 steps bench's is ahead in W2
