@@ -138,11 +138,15 @@ def gff():
     ("isotropic", {"name": "dpmpp_3m_sde", "steps": 20}),
     ({"name": "gff", "gamma": 1.0}, {"name": "pc", "steps": 10}),
     ("isotropic", {"name": "deis", "steps": 20}),
-], ids=["dpmpp_3m_sde", "pc-gff", "deis"])
+    ("isotropic", {"name": "diffusers", "scheduler": "DPMSolverMultistepScheduler", "steps": 20,
+                   "options": {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}}),
+], ids=["dpmpp_3m_sde", "pc-gff", "deis", "diffusers-sde-3m"])
 def test_exact_moments_match_the_real_sampler(noise, spec):
     """The coefficient run is checked against the real sampler on the real oracle family: 20000
     samples (1x4x4 Gaussian image), whitened and rotated to the eigenbasis, have the predicted mean
     (5 standard errors) and per-direction variance (5 standard errors, se = v sqrt(2 / n))."""
+    if spec["name"] == "diffusers":
+        pytest.importorskip("diffusers")
     o = Oracle(noise, size=4)
     mean, var = o.exact(spec)
     n = 20000
