@@ -21,11 +21,15 @@ def shuffle_patches(x: torch.Tensor, patch: int, generator: torch.Generator | No
     return tiles.reshape(n, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
 
 
-def patch_shuffle_table(dataset, store, extractor: str = "digits-classifier", seed: int = 0) -> dict:
+def patch_shuffle_table(dataset, store, extractor: str = "digits-classifier", seed: int = 0,
+                        resamples: int = 200) -> dict:
     """FID between the train split (reference) and the test split with k x k patches shuffled, for
-    every k dividing the image size, plus uniform noise images (the table in docs/metrics.md)."""
+    every k dividing the image size, plus uniform noise images (the table in docs/results.md section 3),
+    each with its 95% bootstrap interval over both sets (``resamples`` resamples, recentred as the
+    ``fid`` metric's: :mod:`bench_metrics.bootstrap`; 0: none)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
+    from . import bootstrap
     from .extractors import to_uint8_rgb
     from .fidelity import extract_features, fid_from_stats, real_features
     from .testing import build_context
@@ -37,16 +41,23 @@ def patch_shuffle_table(dataset, store, extractor: str = "digits-classifier", se
     ref = real_features(ext, dataset.split("train"), info, "train", True, 64, ctx.store)
     test = dataset.split("test")
 
-    def fid(images):
+    intervals: dict[str, tuple[float, float]] = {}
+
+    def fid(name, images):
         feats = extract_features(ext, to_uint8_rgb(images, info.levels), 64)
-        return fid_from_stats(fid_features_to_statistics(feats), ref.stats)
+        value = fid_from_stats(fid_features_to_statistics(feats), ref.stats)
+        if resamples:
+            rg, rr = bootstrap.draw(resamples, len(feats), len(ref.features), tag=f"patches-{name}")
+            reps = bootstrap.frechet_replicates(feats.double(), ref.features.double(), rg, rr)
+            intervals[name] = bootstrap.percentile_interval(reps, value)
+        return value
 
     size = info.shape[-1]
-    rows = {f"{p}x{p}": fid(shuffle_patches(test, p, torch.Generator().manual_seed(seed)))
+    rows = {f"{p}x{p}": fid(f"{p}x{p}", shuffle_patches(test, p, torch.Generator().manual_seed(seed)))
             for p in (1, 2, 4, 8, 16, 32) if size % p == 0}
-    rows["noise"] = fid(torch.rand(test.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1)
+    rows["noise"] = fid("noise", torch.rand(test.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1)
     return {"dataset": info.name, "extractor": ext.describe(), "n_test": len(test), "n_train": len(ref.features),
-            "fid": rows, **ext.metrics()}
+            "fid": rows, "fid_ci": intervals, **ext.metrics()}
 
 
 if __name__ == "__main__":  # python -m bench_metrics.patches [store]
@@ -59,5 +70,6 @@ if __name__ == "__main__":  # python -m bench_metrics.patches [store]
         ds = registries().dataset.create({"name": name})
         for extractor in ("digits-classifier", "random-proj"):
             t = patch_shuffle_table(ds, store, extractor)
-            print(name, extractor, {k: round(v, 3) for k, v in t["fid"].items()},
+            print(name, extractor, {k: f"{v:.3f} [{t['fid_ci'][k][0]:.3f}, {t['fid_ci'][k][1]:.3f}]"
+                                    for k, v in t["fid"].items()},
                   {k: v for k, v in t.items() if k.startswith("extractor_")})
