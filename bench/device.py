@@ -140,8 +140,12 @@ def pinnable_gpus(devices) -> int:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (the case's ``threads``), restored afterwards."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (the case's ``threads``), restored afterwards; ``n`` None
+    or 0 leaves the count as it is."""
+    if not n:
+        yield
+        return
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(n)

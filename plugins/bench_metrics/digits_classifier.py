@@ -16,13 +16,14 @@ generator, the global RNG is untouched), so the same data and config give the sa
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.device import torch_threads
 
 ARCH_VERSION = 2
 
@@ -53,20 +54,9 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(images_u8) * self.feature_scale)
 
 
-@contextlib.contextmanager
-def threads(n: int | None) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads (restored after). Small convolutions are far faster
-    single-threaded, above all on a loaded machine, and one thread makes the result independent of
-    the machine's thread count."""
-    if not n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+#: torch threads for a block: small convolutions are far faster single-threaded, above all on a loaded
+#: machine, and one thread makes the result independent of the machine's thread count
+threads = torch_threads
 
 
 def accuracy(model: DigitsCNN, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
