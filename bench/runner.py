@@ -235,18 +235,20 @@ class CaseRunner:
         seconds = 0.0
         try:
             clock.start()
-            with counter.attached(modules), torch.set_grad_enabled(grad):
-                for rng in sample_batches(self.case.sample_seed, start_index, n, bs, stream, device=device):
+            for rng in sample_batches(self.case.sample_seed, start_index, n, bs, stream, device=device):
+                with counter.attached(modules), torch.set_grad_enabled(grad):
                     counter.new_batch()
                     with autocast(device, self.case.precision):
                         x = sampler.sample(family, rng)
-                    batches += 1
-                    if consume is None:
-                        outs.append(x.detach())
-                        continue
-                    seconds += clock.stop()
-                    consume(_cpu_float32(x.detach()))
-                    clock.start()
+                batches += 1
+                if consume is None:
+                    outs.append(x.detach())
+                    continue
+                # the metrics' share runs as metrics do after sampling: in the caller's grad mode (an
+                # extractor may train a classifier on first use) and uncounted by the NFE counter
+                seconds += clock.stop()
+                consume(_cpu_float32(x.detach()))
+                clock.start()
             seconds += clock.stop()
         finally:
             for h in check:

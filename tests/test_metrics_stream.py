@@ -264,3 +264,20 @@ def test_the_digest_of_a_real_set_is_remembered_until_the_tensor_changes(images)
     assert u8 is None and again == want  # remembered: nothing converted
     data.mul_(-1)  # in place: the version counter moves, the memo no longer applies
     assert fidelity.uint8_and_digest(rows, info, True, memo=True)[1] == tensor_digest(to_uint8_rgb(rows.tensor(), 256)) != want
+
+
+def test_streamed_metrics_run_in_the_callers_grad_mode(workdir, manager, monkeypatch):
+    """A metric's share of a streamed sampling runs as metrics do after sampling: with gradients on (an
+    extractor may train its classifier on first use, as the digits classifier does) and outside the
+    sampler's no-grad block; the bf16 quickstart's digits cases failed on this."""
+    seen = []
+    original = fidelity._Fidelity.accumulate
+
+    def spy(self, ctx, chunk, start):
+        seen.append(torch.is_grad_enabled())
+        return original(self, ctx, chunk, start)
+
+    monkeypatch.setattr(fidelity._Fidelity, "accumulate", spy)
+    record = runner_for(workdir, manager).run()
+    assert record["status"] == "ok", record.get("error")
+    assert seen and all(seen)
