@@ -99,6 +99,9 @@ class PerClassFID(FID):
     ``reference_split``, ...); ``key`` prefixes the logged names (default ``fid_class``)."""
 
     default_key = "fid_class"
+    #: no streaming form: the features are split by the requested label of each sample, so the metric
+    #: takes the held samples (bench.runner: up to ``eval.hold_samples``), not FID's feature stream
+    accumulate = None
 
     def compute(self, ctx) -> dict[str, float]:
         x = generated(ctx, self.num_samples)
