@@ -30,6 +30,7 @@ state dict cannot be used (bench has no I3D architecture to load it into).
 """
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,7 +59,7 @@ def to_uint8_video(x: torch.Tensor, levels: int | None, quantize: bool = True) -
     return to_uint8_rgb(x.reshape(n * t, *x.shape[2:]), levels, quantize).reshape(n, t, 3, *x.shape[-2:])
 
 
-class VideoExtractor:
+class VideoExtractor(abc.ABC):
     """Base of the video extractors (see the module docstring for the protocol)."""
 
     name = "?"
@@ -71,8 +72,9 @@ class VideoExtractor:
     def prepare(self) -> None:
         pass
 
+    @abc.abstractmethod
     def net_features(self, videos_u8: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Features ``(N, d)`` of uint8 RGB videos ``(N, T, 3, H, W)`` (each extractor's network)."""
 
     def features(self, videos: torch.Tensor) -> torch.Tensor:
         self.prepare()
