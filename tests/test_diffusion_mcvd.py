@@ -214,6 +214,39 @@ def test_reconstruct_and_predict_leaves_the_context_untouched():
         fam.reconstruct_and_predict(context, (0, 2, 4), (5,), None)
 
 
+@pytest.mark.parametrize("task", ["past", "interpolate", "generate"])
+def test_reconstruct_and_predict_does_every_task_by_its_indices(task):
+    """The video metric's tasks reach MCVD through the frame indices alone (bench_metrics/video.py):
+    targets before the context (past), between a past and a future run (interpolate), or no context
+    (generate); the samples have the closed-form conditional of each task."""
+    fam = exact_family(1, 2, 1)
+    fam.video_sampler = Ancestral(steps=200)
+    assert task in fam.video_tasks
+    rng = PerSampleRNG.for_indices(2, range(N))
+    if task == "past":
+        ci, ti, values = (3,), (1, 2), [-0.5]
+    elif task == "interpolate":
+        ci, ti, values = (0, 3), (1, 2), [1.6, -0.2]
+    else:
+        ci, ti, values = (), (0, 1), []
+    context = torch.tensor(values).view(1, len(ci), 1, 1, 1).expand(N, len(ci), 1, 1, 1).contiguous()
+    recon, pred = fam.reconstruct_and_predict(context, ci, ti, rng)
+    assert torch.equal(recon, context) and pred.shape == (N, 2, 1, 1, 1)
+    mean, cov = conditional(4 if ci else 2, list(ci), values, list(ti))
+    check_gaussian(pred, mean, cov, N)
+
+
+def test_video_tasks_follow_the_future_block():
+    assert make_family(1, 2, 0, "past").video_tasks == ("predict", "generate")
+    assert set(make_family(1, 2, 1, "past_future").video_tasks) == {"predict", "generate", "past", "interpolate"}
+    fam = exact_family(1, 2, 1)
+    fam.video_sampler = DDIM(steps=5)
+    with pytest.raises(ValueError, match="horizon = current = 2"):  # a 3-frame gap is not one block of k = 2
+        fam.reconstruct_and_predict(torch.zeros(2, 2, 1, 1, 1), (0, 4), (1, 2, 3), PerSampleRNG.for_indices(0, range(2)))
+    with pytest.raises(ValueError, match="none of its tasks"):  # targets on both sides of the context
+        fam.reconstruct_and_predict(torch.zeros(2, 1, 1, 1, 1), (2,), (1, 3), PerSampleRNG.for_indices(0, range(2)))
+
+
 # ---------------------------------------------------------------- built through the registries
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
+from bench.context import MetricSkipped
 from bench.errors import UserError
 from bench_data.moving_digits import DIRECTIONS, MovingDigits
 from bench_metrics.fvd import FVD, frechet_distance
@@ -135,6 +136,34 @@ def test_fvd_over_trajectories_of_a_deterministic_family_is_the_single_value(sma
     assert three["fvd_trajectories"] == 3 and three["fvd_traj_sd"] == 0
     for key in ("fvd", "fvd_floor", "fvd_ci_lo", "fvd_ci_hi"):
         assert three[key] == pytest.approx(one[key], rel=1e-12), key
+
+
+class ReplayGenerator(nn.Module):
+    """Generates, with no context, the true clips of the test split in order (the video metric asks
+    for the fixed subset, here all test clips): a perfect generator of those clips."""
+
+    video_tasks = ("predict", "generate")
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.videos, self.next = dataset.split("test"), 0
+
+    def reconstruct_and_predict(self, context, context_index, target_index, rng):
+        assert context.shape[1] == 0 and list(context_index) == []
+        rows = range(self.next, self.next + len(context))
+        self.next += len(context)
+        return context, self.videos[list(rows)][:, list(target_index)]
+
+
+def test_fvd_generate_task_has_its_own_keys_and_a_perfect_generator_is_at_its_floor(small, store):
+    out = fvd(small, ReplayGenerator(small), store, task="generate", horizon=6)
+    assert out["fvd_generate"] == out["fvd_generate_floor"] > 0 and "fvd" not in out
+    assert out["fvd_generate_num_videos"] == 48
+    with pytest.raises(MetricSkipped, match="generate"):
+        fvd(small, CopyLast(), store, task="generate", horizon=6)
+    with pytest.raises(UserError, match="source: predict"):
+        FVD(extractor={"name": "moving-digits-classifier", **FAST}, source="samples", task="generate",
+            context=metric_context(small, store=store).build_context)
 
 
 def test_fvd_of_samples_against_the_reference(small, store):

@@ -203,3 +203,59 @@ def test_video_recon_is_a_deprecated_alias():
     ctx = metric_context(Ramps(), family=CopyPrevious(), log=said.append)
     assert VideoRecon(context_frames=5).compute(ctx) == VideoMetrics(context_frames=5).compute(ctx)
     assert len(said) == 1 and "deprecated" in said[0] and "`video`" in said[0]
+
+
+# ---------------------------------------------------------------- tasks (interpolate, past, generate)
+
+class RampOracle(CopyPrevious):
+    """Knows the Ramps law (frame t = frame c + 0.1 (t - c)): predicts any frame from the first context
+    frame exactly, before or after it; does every task it is asked for."""
+
+    video_tasks = ("predict", "interpolate", "past")
+
+    def reconstruct_and_predict(self, context, context_index, target_index, rng):
+        self.seen.append((context.clone(), context_index, target_index))
+        c0 = context_index[0]
+        return context.clone(), torch.stack([context[:, 0] + 0.1 * (t - c0) for t in target_index], 1)
+
+
+@pytest.mark.parametrize("task,params,ci,ti", [
+    ("interpolate", {"context_frames": 2, "future_frames": 2, "horizon": 3}, (0, 1, 5, 6), (2, 3, 4)),
+    ("past", {"context_frames": 3, "horizon": 2}, (2, 3, 4), (0, 1)),
+])
+def test_tasks_give_the_family_their_frames_and_keys_of_their_own(tmp_path, task, params, ci, ti):
+    fam, ds = RampOracle(), Ramps()
+    out = VideoMetrics(task=task, num_videos=None, trajectories=2, **params).compute(
+        metric_context(ds, family=fam, artifact_dir=tmp_path))
+    context, got_ci, got_ti = fam.seen[0]
+    assert got_ci == ci and got_ti == ti and torch.equal(context, ds.split("test")[:, list(ci)])
+    assert out[f"{task}_mse"] == pytest.approx(0, abs=1e-12) and out[f"{task}_ssim"] == pytest.approx(1.0)
+    assert out[f"{task}_ssim_best"] == pytest.approx(1.0) and out[f"{task}_num_videos"] == 10
+    assert {f"{task}_psnr_t{t + 1}" for t in ti} <= set(out)
+    assert not any(k.startswith(("recon_", "extrap_", "pred_")) for k in out)  # no collision with predict's keys
+    lines = (tmp_path / f"video_{task}_per_frame.csv").read_text().splitlines()
+    assert lines[0] == "frame,mse,psnr,ssim" and [ln.split(",")[0] for ln in lines[1:]] == [str(t + 1) for t in ti]
+
+
+def test_tasks_score_the_predictions_against_their_own_frames():
+    """Copying the previous context frame: interpolated frame t gets the error of frame p-1 against t."""
+    class CopyAll(CopyPrevious):
+        video_tasks = ("predict", "interpolate")
+    ds = Ramps()
+    out = VideoMetrics(task="interpolate", context_frames=2, future_frames=1, horizon=3, num_videos=None).compute(
+        metric_context(ds, family=CopyAll()))
+    for h, t in ((1, 2), (2, 3), (3, 4)):  # frames 3, 4, 5 copied from frame 2 (index 1)
+        assert out[f"interpolate_mse_t{t + 1}"] == pytest.approx((0.05 * h) ** 2, rel=1e-9)
+    assert out["interpolate_mse"] == pytest.approx(np.mean([(0.05 * h) ** 2 for h in (1, 2, 3)]), rel=1e-9)
+
+
+def test_a_task_the_family_does_not_do_is_skipped_and_bad_task_frames_are_errors():
+    with pytest.raises(MetricSkipped, match="does not do the video task 'past'"):
+        VideoMetrics(task="past", context_frames=2, horizon=2).compute(metric_context(Ramps(), family=CopyPrevious()))
+    for params, match in (({"task": "interpolate", "context_frames": 2, "horizon": 2}, "future_frames"),
+                          ({"task": "past", "context_frames": 2}, "horizon"),
+                          ({"task": "past", "context_frames": 5, "horizon": 4}, "the clip has 8"),
+                          ({"task": "interpolate", "context_frames": 2, "horizon": 2, "future_frames": 1,
+                            "context_stride": 2}, "consecutive")):
+        with pytest.raises(ValueError, match=match):
+            VideoMetrics(num_videos=None, **params).compute(metric_context(Ramps(), family=RampOracle()))

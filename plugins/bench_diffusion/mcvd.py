@@ -200,23 +200,43 @@ class MCVD(DiffusionFamily):
             known = torch.cat([known, sampler.sample(self.denoiser(known[:, -p:], None), rng)], 1)
         return known[:, n:n + horizon]
 
+    @property
+    def video_tasks(self) -> tuple[str, ...]:
+        """The ``video`` metric's tasks (bench_metrics/video.py): prediction and generation always,
+        past prediction and interpolation when the model conditions on future frames (``future`` >= 1)."""
+        return ("predict", "generate") + (("past", "interpolate") if self.future else ())
+
     @torch.no_grad()
     def reconstruct_and_predict(self, context: torch.Tensor, context_index, target_index,
                                 rng=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``video`` metric's convention (bench_metrics/video.py). MCVD is conditional, not an
         autoencoder: the "reconstruction" of the context frames is the context itself (recon metrics
-        are trivially perfect). Targets must follow a run of consecutive context frames; they are
-        predicted by :meth:`rollout` (``predict``) up to the last target."""
+        are trivially perfect). The task follows from the indices, each by :meth:`rollout`:
+
+        - no context: ``generate`` up to the last target;
+        - consecutive context, targets after it: ``predict`` up to the last target;
+        - consecutive context, targets before it: ``past`` back to the first target;
+        - context = a run of ``past`` frames and a run of ``future`` frames, targets = the ``current``
+          frames between them: ``interpolate``.
+        """
         ci, ti = list(context_index), list(target_index)
-        if ci != list(range(ci[0], ci[0] + len(ci))):
-            raise ValueError("mcvd predicts from consecutive context frames (context_stride 1); "
-                             "frames between strided context frames are not filled by the video metric")
         if not ti:
             return context, context[:, :0]
-        if min(ti) <= ci[-1]:
-            raise ValueError(f"mcvd predicts after the last context frame ({ci[-1] + 1}), asked for frame {min(ti) + 1}")
-        frames = self.rollout("predict", context, max(ti) - ci[-1], rng)
-        return context, frames[:, [t - ci[-1] - 1 for t in ti]]
+        if not ci:
+            return context, self.rollout("generate", None, max(ti) + 1, rng)[:, ti]
+        runs = consecutive_runs(ci)
+        if len(runs) == 1 and min(ti) > ci[-1]:
+            frames = self.rollout("predict", context, max(ti) - ci[-1], rng)
+            return context, frames[:, [t - ci[-1] - 1 for t in ti]]
+        if len(runs) == 1 and max(ti) < ci[0]:
+            frames = self.rollout("past", context, ci[0] - min(ti), rng)
+            return context, frames[:, [t - min(ti) for t in ti]]
+        gap = list(range(runs[0][-1] + 1, runs[-1][0])) if len(runs) == 2 else None
+        if gap is not None and ti == gap and len(runs[0]) == self.past and len(runs[1]) == self.future:
+            return context, self.rollout("interpolate", context, len(ti), rng)
+        raise ValueError(f"mcvd: context frames {[c + 1 for c in ci]} and target frames {[t + 1 for t in ti]} are none "
+                         f"of its tasks (prediction and past prediction need consecutive context frames; "
+                         f"interpolation needs {self.past} past and {self.future} future frames around the targets)")
 
     def describe(self) -> dict[str, Any]:
         sampler = self.video_sampler
@@ -251,3 +271,14 @@ def mcvd(past: Annotated[int, Field(ge=1)] = 5, current: Annotated[int, Field(ge
     sampler = context.build("sampler", video_sampler or {"name": "ancestral", "steps": 100})
     return MCVD(process, net, past=past, current=current, future=future, mask=mask, cond=cond,
                 value_range=info.value_range, video_sampler=sampler, network_spec=spec)
+
+
+def consecutive_runs(index: list[int]) -> list[list[int]]:
+    """``index`` (increasing) split into runs of consecutive frames."""
+    runs: list[list[int]] = []
+    for i in index:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

@@ -227,6 +227,10 @@ class LatentODE(NFEBookkeeping):
         t0 = float(self.times(self.context_index)[0])
         return self.frames_of(self.decode(self.latent_path(mu, t0, times)))
 
+    #: the ``video`` metric's tasks (bench_metrics/video.py): the ODE runs forward from the first
+    #: context frame, so it predicts and interpolates, and does not do past prediction or generation
+    video_tasks = ("predict", "interpolate")
+
     @torch.no_grad()
     def reconstruct_and_predict(self, context: torch.Tensor, context_index, target_index,
                                 rng=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,7 +52,7 @@ from bench.store import content_key
 from . import bootstrap
 from .common import OTHER_SPLIT, fixed_subset, real_sets, tensor_digest
 from .fidelity import fid_features_to_statistics, fid_from_stats
-from .video import predict, video_splits
+from .video import check_task, predict, task_frames
 from .video_extractors import to_uint8_video
 
 REF_KIND = "video_reference"
@@ -85,7 +85,10 @@ class FVD:
     ``moving-digits-classifier``), ``source`` (``predict`` or ``samples``); for ``predict``:
     ``context_frames``, ``context_stride``, ``horizon``, ``num_videos``, ``split``, ``batch_size``
     (as the ``video`` metric) and ``trajectories`` (K); for ``samples``: ``num_samples``,
-    ``reference_split``; both: ``reference_num_samples``, ``bootstrap`` (B), ``key``."""
+    ``reference_split``; both: ``reference_num_samples``, ``bootstrap`` (B), ``key`` (default ``fvd``
+    for ``predict``, ``fvd_{task}`` for the other tasks); ``task`` and ``future_frames`` choose the
+    frames as the ``video`` metric's tasks do (``generate``: no context, the first ``horizon`` frames
+    of a clip generated; the floor is then the true first ``horizon`` frames of the same test clips)."""
 
     def __init__(self, extractor: str | dict[str, Any] = "moving-digits-classifier",
                  source: Literal["predict", "samples"] = "predict",
@@ -96,7 +99,9 @@ class FVD:
                  num_samples: Annotated[int, Field(gt=1)] | None = None,
                  reference_split: Literal["train", "test"] | None = None,
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
-                 bootstrap: Annotated[int, Field(ge=0)] = 200, key: str | None = None, context=None):
+                 bootstrap: Annotated[int, Field(ge=0)] = 200, key: str | None = None,
+                 task: Literal["predict", "interpolate", "past", "generate"] = "predict",
+                 future_frames: Annotated[int, Field(gt=0)] | None = None, context=None):
         self.extractor = context.build("feature_extractor", extractor)
         if getattr(self.extractor, "modality", None) != "video":
             raise UserError(f"fvd needs a video feature extractor (moving-digits-classifier, i3d), got "
@@ -106,7 +111,11 @@ class FVD:
         self.num_videos, self.num_samples = num_videos, num_samples
         trained_on = getattr(self.extractor, "trained_on", None)
         self.reference_split = reference_split or (trained_on if trained_on in OTHER_SPLIT else "test")
-        self.reference_num_samples, self.bootstrap, self.key = reference_num_samples, bootstrap, key or "fvd"
+        self.reference_num_samples, self.bootstrap = reference_num_samples, bootstrap
+        self.task, self.future_frames = task, future_frames
+        if source == "samples" and task != "predict":
+            raise UserError(f"fvd: task {task!r} applies to source: predict (source: samples scores the case's own samples)")
+        self.key = key or ("fvd" if task == "predict" else f"fvd_{task}")
 
     def sets(self, ctx) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, str, str]:
         """(generated clips per trajectory, reference clips, floor clips, reference split, floor split)."""
@@ -117,8 +126,9 @@ class FVD:
             sets = real_sets(ctx.dataset, len(x), self.reference_split, self.reference_num_samples, ctx.log)
             return [x], sets.reference, sets.floor, sets.reference_split, sets.floor_split
         videos = ctx.dataset.split(self.split)
-        splits = video_splits(videos.shape[1], self.context_frames, self.context_stride, self.horizon)
-        ci, ti = splits["recon"], sorted(splits["interp"] + splits["extrap"])
+        check_task(ctx.family, self.task)
+        ci, ti, _ = task_frames(videos.shape[1], self.task, self.context_frames, self.context_stride,
+                                self.horizon, self.future_frames)
         rows = fixed_subset(torch.arange(len(videos)), self.num_videos, "video", self.split).tolist()
         preds = predict(ctx, self.split, rows, ci, ti, self.trajectories, self.batch_size)
         frames = sorted(ci + ti)
@@ -161,7 +171,7 @@ class FVD:
         ctx.log(f"{k}: extractor {desc['name']} (d={d}), {len(gen)} trajectories of {n} clips vs {m} {ref_split} "
                 f"clips; floor: {len(floor)} real {floor_split} clips"
                 + ("" if ext.comparable_with_published else "; NOT comparable with published FVD (local features)"))
-        record = {"metric": k, "source": self.source, "extractor": desc, "reference_split": ref_split,
+        record = {"metric": k, "source": self.source, "task": self.task, "extractor": desc, "reference_split": ref_split,
                   "floor_split": floor_split, "per_trajectory": per_traj, "values": out}
         (ctx.artifact_dir / f"{k}.json").write_text(json.dumps(record, indent=1, default=str))
         return out

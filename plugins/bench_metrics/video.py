@@ -6,10 +6,27 @@ Interface a video family provides (capability ``"video_predict"``), the one call
 
 ``context``: the frames at the 0-based, increasing indices ``context_index``, ``(B, n_c, C, H, W)`` in
 [-1, 1] (the family never sees the other frames); ``target_index``: the increasing indices of the frames
-to predict (disjoint from ``context_index``, each after the first context frame; may be empty);
+to predict (disjoint from ``context_index``; each after the first context frame for ``predict`` and
+``interpolate``, before it for ``past``; may be empty);
 ``rng``: a :class:`bench.rng.PerSampleRNG` (for stochastic encoders; may be ignored). Returns ``recon``
 ``(B, n_c, C, H, W)``, the reconstruction of the context frames, and ``pred`` ``(B, n_t, C, H, W)``, the
 frames at ``target_index``, both in [-1, 1]. Called under ``torch.no_grad()``.
+
+Tasks (parameter ``task``; thesis 7.2.3). A family lists the tasks it does in its attribute
+``video_tasks`` (default ``("predict",)``); a metric asking for another task is skipped with the reason.
+
+- ``predict`` (default): the splits below.
+- ``interpolate``: ``context_frames`` = p past frames 0 .. p-1 and ``future_frames`` = f frames
+  p+h .. p+h+f-1 as context, the h = ``horizon`` frames between them as targets
+  (``target_index`` then lies between two runs of context frames).
+- ``past``: the ``context_frames`` frames h .. h+n_c-1 as context, the h = ``horizon`` frames before
+  them as targets (``target_index`` then precedes ``context_index``).
+- ``generate`` (``fvd`` only: there is nothing to compare a free sample with frame by frame): no
+  context (``context_index`` empty, ``context`` of 0 frames), the ``horizon`` first frames as targets.
+
+For a task other than ``predict`` the keys are named by the task and cover its target frames only:
+``{task}_{m}``, ``{task}_{m}_t{t}``, ``{task}_{m}_best`` (K > 1) and ``{task}_num_videos``, and the
+artifact is ``video_{task}_per_frame.csv``; so one case can hold a ``video`` metric per task.
 
 Splits. The context is ``context_frames`` frames ``0, s, 2s, ...`` (s = ``context_stride``), the last
 at L = (context_frames - 1) s. Reconstruction: the context frames; interpolation: the other frames
@@ -114,6 +131,49 @@ def video_splits(frames: int, context_frames: int, context_stride: int,
             "extrap": list(range(last + 1, last + 1 + horizon))}
 
 
+Task = Literal["predict", "interpolate", "past", "generate"]
+DEFAULT_TASKS = ("predict",)
+
+
+def family_tasks(family: Any) -> tuple[str, ...]:
+    """The video tasks a family does: its ``video_tasks`` attribute, else ``("predict",)``."""
+    return tuple(getattr(family, "video_tasks", DEFAULT_TASKS))
+
+
+def task_frames(frames: int, task: str, context_frames: int, context_stride: int, horizon: int | None,
+                future_frames: int | None) -> tuple[list[int], list[int], dict[str, list[int]]]:
+    """(context index, target index, splits) of a clip of ``frames`` frames for ``task`` (module
+    docstring); ``predict`` has the splits of :func:`video_splits`, the other tasks one split named
+    by the task."""
+    if task == "predict":
+        splits = video_splits(frames, context_frames, context_stride, horizon)
+        return splits["recon"], sorted(splits["interp"] + splits["extrap"]), splits
+    if context_stride != 1:
+        raise ValueError(f"video task {task!r} takes consecutive context frames (context_stride 1)")
+    if task == "interpolate":
+        if not future_frames or horizon is None:
+            raise ValueError("video task 'interpolate' needs future_frames >= 1 and horizon (the frames between)")
+        ci = list(range(context_frames)) + list(range(context_frames + horizon, context_frames + horizon + future_frames))
+        ti = list(range(context_frames, context_frames + horizon))
+    elif task == "past":
+        if horizon is None:
+            raise ValueError("video task 'past' needs horizon (the frames before the context)")
+        ci, ti = list(range(horizon, horizon + context_frames)), list(range(horizon))
+    elif task == "generate":
+        ci, ti = [], list(range(frames if horizon is None else horizon))
+    else:
+        raise ValueError(f"unknown video task {task!r}: use predict, interpolate, past or generate")
+    if max(ci + ti) >= frames or not ti:
+        raise ValueError(f"video task {task!r} needs frames 1-{max(ci + ti) + 1}, the clip has {frames}")
+    return ci, ti, {task: ti}
+
+
+def check_task(family: Any, task: str) -> None:
+    """MetricSkipped unless ``family`` lists ``task`` in its ``video_tasks``."""
+    if task not in family_tasks(family):
+        raise MetricSkipped(f"the family does not do the video task {task!r} (it does: {', '.join(family_tasks(family))})")
+
+
 @dataclass
 class Predictions:
     """The family's outputs on ``rows`` of a split, per trajectory: ``recon[k]`` ``(N, n_c, C, H, W)``
@@ -176,19 +236,22 @@ def predict(ctx, split: str, rows: list[int], context_index: list[int], target_i
 
 
 class VideoMetrics:
-    """Metric ``video``: ``context_frames`` (n_c), ``context_stride`` (s), ``horizon`` (default: the
-    rest of the clip), ``num_videos`` (fixed subset of the split), ``batch_size``, ``split``,
-    ``trajectories`` (K predictions per clip; K > 1 adds the best-of-K keys)."""
+    """Metric ``video``: ``task`` (module docstring), ``context_frames`` (n_c), ``context_stride`` (s),
+    ``horizon`` (default: the rest of the clip for ``predict``), ``future_frames`` (``interpolate``),
+    ``num_videos`` (fixed subset of the split), ``batch_size``, ``split``, ``trajectories`` (K
+    predictions per clip; K > 1 adds the best-of-K keys)."""
 
     def __init__(self, context_frames: Annotated[int, Field(gt=0)] = 10,
                  context_stride: Annotated[int, Field(gt=0)] = 1,
                  horizon: Annotated[int, Field(ge=0)] | None = None,
                  num_videos: Annotated[int, Field(gt=0)] | None = 64,
                  batch_size: Annotated[int, Field(gt=0)] = 16, split: Literal["train", "test"] = "test",
-                 trajectories: Annotated[int, Field(gt=0)] = 1):
+                 trajectories: Annotated[int, Field(gt=0)] = 1,
+                 task: Literal["predict", "interpolate", "past"] = "predict",
+                 future_frames: Annotated[int, Field(gt=0)] | None = None):
         self.context_frames, self.context_stride, self.horizon = context_frames, context_stride, horizon
         self.num_videos, self.batch_size, self.split = num_videos, batch_size, split
-        self.trajectories = trajectories
+        self.trajectories, self.task, self.future_frames = trajectories, task, future_frames
 
     def compute(self, ctx) -> dict[str, float]:
         if not hasattr(ctx.family, "reconstruct_and_predict"):
@@ -196,24 +259,33 @@ class VideoMetrics:
         videos = ctx.dataset.split(self.split)
         if videos.dim() != 5:
             raise MetricSkipped(f"expected videos (N, T, C, H, W), got {tuple(videos.shape)}")
-        splits = video_splits(videos.shape[1], self.context_frames, self.context_stride, self.horizon)
-        ci, ti = splits["recon"], sorted(splits["interp"] + splits["extrap"])
+        check_task(ctx.family, self.task)
+        ci, ti, splits = task_frames(videos.shape[1], self.task, self.context_frames, self.context_stride,
+                                     self.horizon, self.future_frames)
         idx = fixed_subset(torch.arange(len(videos)), self.num_videos, "video", self.split)
         preds = predict(ctx, self.split, idx.tolist(), ci, ti, self.trajectories, self.batch_size)
-        true = to_unit(preds.truth[:, ci + ti])
-        per: dict[str, list[torch.Tensor]] = {"mse": [], "psnr": [], "ssim": []}  # per trajectory: (N, T)
-        for recon, pred in zip(preds.recon, preds.pred):
-            got = to_unit(torch.cat([recon, pred], 1))
-            mse = torch.cat([mse_per_frame(got[lo:lo + self.batch_size], true[lo:lo + self.batch_size])
-                             for lo in range(0, len(got), self.batch_size)])
+        if self.task == "predict":
+            return self._predict_keys(ctx, preds, ci, ti, splits, len(idx))
+        return self._task_keys(ctx, preds, ti, len(idx))
+
+    def _errors(self, got: list[torch.Tensor], true: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Per trajectory, (N, T) MSE, PSNR and SSIM of ``got[k]`` against ``true`` (both in [0, 1])."""
+        per: dict[str, list[torch.Tensor]] = {"mse": [], "psnr": [], "ssim": []}
+        b = self.batch_size
+        for g in got:
+            mse = torch.cat([mse_per_frame(g[lo:lo + b], true[lo:lo + b]) for lo in range(0, len(g), b)])
             per["mse"].append(mse)
             per["psnr"].append(psnr_from_mse(mse))
-            per["ssim"].append(torch.cat([ssim_per_frame(got[lo:lo + self.batch_size], true[lo:lo + self.batch_size])
-                                          for lo in range(0, len(got), self.batch_size)]))
+            per["ssim"].append(torch.cat([ssim_per_frame(g[lo:lo + b], true[lo:lo + b]) for lo in range(0, len(g), b)]))
+        return per
+
+    def _predict_keys(self, ctx, preds: "Predictions", ci, ti, splits, n) -> dict[str, float]:
+        true = to_unit(preds.truth[:, ci + ti])
+        per = self._errors([to_unit(torch.cat([recon, pred], 1)) for recon, pred in zip(preds.recon, preds.pred)], true)
         frame_of = ci + ti  # column j of the tables is frame frame_of[j]
         # per-frame means over videos, then over trajectories (exactly the video mean when K = 1)
         table = {name: torch.stack([v.mean(0) for v in vals]).mean(0) for name, vals in per.items()}
-        out: dict[str, float] = {"video_num_videos": float(len(idx))}
+        out: dict[str, float] = {"video_num_videos": float(n)}
         parts = {**splits, "pred": ti}
         for part, frames in parts.items():
             cols = [frame_of.index(t) for t in frames]
@@ -233,9 +305,30 @@ class VideoMetrics:
                     for j, t in sorted(enumerate(frame_of), key=lambda jt: jt[1])]
         (ctx.artifact_dir / "video_per_frame.csv").write_text("split,frame,horizon,mse,psnr,ssim\n"
                                                               + "\n".join(rows_csv) + "\n")
-        if any(math.isnan(v) for v in out.values()):
-            raise ValueError("video metrics produced NaN (non-finite frames from reconstruct_and_predict?)")
-        return out
+        return finite(out)
+
+    def _task_keys(self, ctx, preds: "Predictions", ti, n) -> dict[str, float]:
+        """Keys of a task other than ``predict``: ``{task}_{m}``, per frame and best-of-K, targets only."""
+        task = self.task
+        per = self._errors([to_unit(p) for p in preds.pred], to_unit(preds.truth[:, ti]))
+        table = {name: torch.stack([v.mean(0) for v in vals]).mean(0) for name, vals in per.items()}
+        out: dict[str, float] = {f"{task}_num_videos": float(n)}
+        for name, m in table.items():
+            out[f"{task}_{name}"] = float(m.mean())
+            out.update({f"{task}_{name}_t{t + 1}": float(m[j]) for j, t in enumerate(ti)})
+        if self.trajectories > 1:
+            out.update(best_of_trajectories(task, per, list(range(len(ti)))))
+        rows_csv = [f"{t + 1}," + ",".join(f"{float(table[m][j]):.6g}" for m in ("mse", "psnr", "ssim"))
+                    for j, t in enumerate(ti)]
+        (ctx.artifact_dir / f"video_{task}_per_frame.csv").write_text("frame,mse,psnr,ssim\n" + "\n".join(rows_csv) + "\n")
+        return finite(out)
+
+
+def finite(out: dict[str, float]) -> dict[str, float]:
+    """``out``, or ValueError when a value is NaN."""
+    if any(math.isnan(v) for v in out.values()):
+        raise ValueError("video metrics produced NaN (non-finite frames from reconstruct_and_predict?)")
+    return out
 
 
 def best_of_trajectories(part: str, per: dict[str, list[torch.Tensor]], cols: list[int]) -> dict[str, float]:
