@@ -162,6 +162,31 @@ def test_extrapolation_errors_of_a_copy_last_baseline():
     assert out["extrap_mse"] == out["pred_mse"] == pytest.approx(np.mean([(0.05 * h) ** 2 for h in (1, 2, 3)]), rel=1e-9)
     assert out["recon_mse"] == 0 and out["recon_psnr"] == PSNR_CAP and out["recon_ssim"] == pytest.approx(1.0)
     assert "recon_psnr_t5" in out and "pred_psnr_t5" not in out and "interp_mse" not in out
+    # the interval over the 10 clips: every clip has the same errors here, so it is the point
+    assert out["extrap_mse_ci_lo"] == pytest.approx(out["extrap_mse"]) == pytest.approx(out["extrap_mse_ci_hi"])
+    assert "recon_mse_ci_lo" not in out
+
+
+def test_clip_intervals_and_the_per_clip_table(tmp_path):
+    """Each clip's mean over the split's frames and trajectories is the unit: the t interval of those
+    (scipy), and the per-clip CSV holds exactly them."""
+    from scipy import stats
+
+    from bench_metrics.video import clip_intervals
+    gen = torch.Generator().manual_seed(0)
+    per = {m: [torch.rand(7, 4, generator=gen, dtype=torch.float64) for _ in range(3)] for m in ("mse", "psnr", "ssim")}
+    out = clip_intervals("extrap", per, [1, 2, 3])
+    x = torch.stack([v[:, 1:].mean(1) for v in per["ssim"]]).mean(0).numpy()
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert out["extrap_ssim_ci_lo"] == pytest.approx(lo, rel=1e-12) and out["extrap_ssim_ci_hi"] == pytest.approx(hi, rel=1e-12)
+    ds = Ramps()
+    VideoMetrics(context_frames=5, num_videos=4, trajectories=2).compute(metric_context(ds, family=CopyPrevious(),
+                                                                                     artifact_dir=tmp_path))
+    lines = (tmp_path / "video_per_clip.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    assert head[:2] == ["clip", "trajectory"] and "extrap_ssim" in head and "recon_mse" in head and len(lines) == 1 + 4 * 2
+    col = head.index("extrap_mse")
+    assert float(lines[1].split(",")[col]) == pytest.approx(np.mean([(0.05 * h) ** 2 for h in (1, 2, 3)]), rel=1e-5)
 
 
 def test_interpolation_and_extrapolation_splits_of_a_copy_previous_baseline(tmp_path):
@@ -231,7 +256,8 @@ def test_tasks_give_the_family_their_frames_and_keys_of_their_own(tmp_path, task
     assert got_ci == ci and got_ti == ti and torch.equal(context, ds.split("test")[:, list(ci)])
     assert out[f"{task}_mse"] == pytest.approx(0, abs=1e-12) and out[f"{task}_ssim"] == pytest.approx(1.0)
     assert out[f"{task}_ssim_best"] == pytest.approx(1.0) and out[f"{task}_num_videos"] == 10
-    assert {f"{task}_psnr_t{t + 1}" for t in ti} <= set(out)
+    assert {f"{task}_psnr_t{t + 1}" for t in ti} <= set(out) and f"{task}_ssim_ci_hi" in out
+    assert (tmp_path / f"video_{task}_per_clip.csv").read_text().splitlines()[0] == f"clip,trajectory,{task}_mse,{task}_psnr,{task}_ssim"
     assert not any(k.startswith(("recon_", "extrap_", "pred_")) for k in out)  # no collision with predict's keys
     lines = (tmp_path / f"video_{task}_per_frame.csv").read_text().splitlines()
     assert lines[0] == "frame,mse,psnr,ssim" and [ln.split(",")[0] for ln in lines[1:]] == [str(t + 1) for t in ti]

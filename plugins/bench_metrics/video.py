@@ -25,8 +25,8 @@ Tasks (parameter ``task``; thesis 7.2.3). A family lists the tasks it does in it
   context (``context_index`` empty, ``context`` of 0 frames), the ``horizon`` first frames as targets.
 
 For a task other than ``predict`` the keys are named by the task and cover its target frames only:
-``{task}_{m}``, ``{task}_{m}_t{t}``, ``{task}_{m}_best`` (K > 1) and ``{task}_num_videos``, and the
-artifact is ``video_{task}_per_frame.csv``; so one case can hold a ``video`` metric per task.
+``{task}_{m}``, ``{task}_{m}_t{t}``, ``{task}_{m}_best`` (K > 1), ``{task}_{m}_ci_lo``/``_hi`` and
+``{task}_num_videos``, and the artifacts are ``video_{task}_per_frame.csv`` and ``video_{task}_per_clip.csv``; so one case can hold a ``video`` metric per task.
 
 Splits. The context is ``context_frames`` frames ``0, s, 2s, ...`` (s = ``context_stride``), the last
 at L = (context_frames - 1) s. Reconstruction: the context frames; interpolation: the other frames
@@ -49,7 +49,10 @@ pixels and channels of one frame):
 Frames need at least 11 pixels a side. Averages over videos are taken per frame. Logged, for m in
 mse, psnr, ssim: ``recon_m``, ``interp_m``, ``extrap_m`` and ``pred_m`` (means over the split's
 frames; a split without frames is not logged), per frame ``recon_m_t{t}`` and ``pred_m_t{t}`` (t the
-1-based frame number), ``video_num_videos``; a CSV of the per-frame table as an artifact.
+1-based frame number), ``video_num_videos``, and for interp, extrap and pred a 95% Student-t interval
+over clips, ``{split}_{m}_ci_lo`` / ``_ci_hi`` (:func:`clip_intervals`: it covers the test clips of one
+trained model, not training seeds). Artifacts: the per-frame table ``video_per_frame.csv`` and the
+per-clip, per-trajectory split means ``video_per_clip.csv`` (for paired comparisons on the same clips).
 
 Trajectories (MCVD's protocol, ``trajectories`` K): each clip is predicted K times, trajectory k
 drawing from stream :func:`trajectory_stream` (k) of the clip's generator (trajectory 0 is the
@@ -69,6 +72,7 @@ from pydantic import Field
 
 from bench.context import MetricSkipped
 from bench.rng import PerSampleRNG
+from bench.stats import t_interval
 
 from .common import fixed_subset
 
@@ -296,8 +300,12 @@ class VideoMetrics:
                     out.update({f"{part}_{name}_t{frame_of[j] + 1}": float(m[j]) for j in cols})
             if cols and self.trajectories > 1:
                 out.update(best_of_trajectories(part, per, cols))
+            if cols and part != "recon":
+                out.update(clip_intervals(part, per, cols))
         if self.trajectories > 1:
             out["video_trajectories"] = float(self.trajectories)
+        write_per_clip(ctx.artifact_dir / "video_per_clip.csv", preds.rows, per,
+                       {part: [frame_of.index(t) for t in frames] for part, frames in parts.items() if frames})
         split_of = {t: part for part in ("recon", "interp", "extrap") for t in splits[part]}
         last = ci[-1]
         rows_csv = [f"{split_of[t]},{t + 1},{t - last if t > last else ''},"
@@ -316,8 +324,11 @@ class VideoMetrics:
         for name, m in table.items():
             out[f"{task}_{name}"] = float(m.mean())
             out.update({f"{task}_{name}_t{t + 1}": float(m[j]) for j, t in enumerate(ti)})
+        cols = list(range(len(ti)))
         if self.trajectories > 1:
-            out.update(best_of_trajectories(task, per, list(range(len(ti)))))
+            out.update(best_of_trajectories(task, per, cols))
+        out.update(clip_intervals(task, per, cols))
+        write_per_clip(ctx.artifact_dir / f"video_{task}_per_clip.csv", preds.rows, per, {task: cols})
         rows_csv = [f"{t + 1}," + ",".join(f"{float(table[m][j]):.6g}" for m in ("mse", "psnr", "ssim"))
                     for j, t in enumerate(ti)]
         (ctx.artifact_dir / f"video_{task}_per_frame.csv").write_text("frame,mse,psnr,ssim\n" + "\n".join(rows_csv) + "\n")
@@ -329,6 +340,30 @@ def finite(out: dict[str, float]) -> dict[str, float]:
     if any(math.isnan(v) for v in out.values()):
         raise ValueError("video metrics produced NaN (non-finite frames from reconstruct_and_predict?)")
     return out
+
+
+def clip_intervals(part: str, per: dict[str, list[torch.Tensor]], cols: list[int]) -> dict[str, float]:
+    """95% Student-t interval over clips of ``{part}_{m}``: the unit is a clip's mean over the
+    ``cols`` frames and the K trajectories (their mean over clips is ``{part}_{m}``); it covers the
+    test clips, not training seeds. ``{part}_{m}_ci_lo`` / ``_ci_hi`` (absent for a single clip)."""
+    out = {}
+    for name, vals in per.items():
+        per_clip = torch.stack([v[:, cols].mean(1) for v in vals]).mean(0)
+        iv = t_interval(per_clip.tolist())
+        if iv.n > 1:
+            out[f"{part}_{name}_ci_lo"], out[f"{part}_{name}_ci_hi"] = iv.lo, iv.hi
+    return out
+
+
+def write_per_clip(path, rows: list[int], per: dict[str, list[torch.Tensor]], parts: dict[str, list[int]]) -> None:
+    """CSV of every clip's (dataset row) and trajectory's means over each part's frames (``parts``:
+    part -> table columns), for paired comparisons of two families on the same clips."""
+    names = [f"{part}_{m}" for part in parts for m in per]
+    lines = ["clip,trajectory," + ",".join(names)]
+    for k in range(len(per["mse"])):
+        cols = [per[m][k][:, c].mean(1) for part, c in parts.items() for m in per]
+        lines += [f"{row},{k}," + ",".join(f"{float(v[i]):.6g}" for v in cols) for i, row in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def best_of_trajectories(part: str, per: dict[str, list[torch.Tensor]], cols: list[int]) -> dict[str, float]:
