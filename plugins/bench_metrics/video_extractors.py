@@ -263,8 +263,8 @@ class I3D(VideoExtractor):
 
 
 def is_torchscript(path: str) -> bool:
-    """A TorchScript archive is a zip with a ``code/`` folder and ``constants.pkl``; ``torch.save``
-    writes a zip without them (or, before PyTorch 1.6, a plain pickle stream)."""
+    """A TorchScript archive is a zip holding ``<name>/constants.pkl`` (next to ``code/``); ``torch.save``
+    writes a zip without it (or, before PyTorch 1.6, a plain pickle stream)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
