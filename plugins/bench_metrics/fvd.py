@@ -170,7 +170,7 @@ class FVD:
         desc = ext.describe()
         ctx.log(f"{k}: extractor {desc['name']} (d={d}), {len(gen)} trajectories of {n} clips vs {m} {ref_split} "
                 f"clips; floor: {len(floor)} real {floor_split} clips"
-                + ("" if ext.comparable_with_published else "; NOT comparable with published FVD (local features)"))
+                + ("" if ext.comparable_with_published else "; NOT comparable with published FVD (not the published I3D network and file)"))
         record = {"metric": k, "source": self.source, "task": self.task, "extractor": desc, "reference_split": ref_split,
                   "floor_split": floor_split, "per_trajectory": per_traj, "values": out}
         (ctx.artifact_dir / f"{k}.json").write_text(json.dumps(record, indent=1, default=str))
