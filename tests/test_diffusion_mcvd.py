@@ -332,12 +332,24 @@ def test_bad_mcvd_parameters_exit_2(workdir):
 
 @pytest.mark.slow
 def test_video_suite_end_to_end(workdir):
+    """suites/video.yaml at reduced size with all its tasks: every family does the tasks it lists and
+    skips the others with the reason."""
     from bench.cli import app
 
+    small = "num_videos: 4, trajectories: 2"
     result = CliRunner().invoke(app, [
         "run", str(ROOT / "suites" / "video.yaml"), "-q", "--threads", "1", "--set", "train.steps=2",
         "--set", "matrix.dataset=[{name: moving_digits, n_train: 16, n_test: 4}]",
-        "--set", "metrics=[{name: video, context_frames: 5, horizon: 10, num_videos: 4}]"])
-    records = [json.loads(p.read_text()) for p in Path("results").rglob("record.json")]
-    assert result.exit_code == 0 and len(records) == 5 and all(r["status"] == "ok" for r in records)
-    assert all("extrap_ssim" in r["metrics"] and "pred_psnr_t15" in r["metrics"] for r in records)
+        "--set", f"metrics=[{{name: video, context_frames: 5, horizon: 10, {small}}}, "
+                 f"{{name: video, id: vi, task: interpolate, context_frames: 5, future_frames: 2, horizon: 5, {small}}}, "
+                 f"{{name: video, id: vp, task: past, context_frames: 5, horizon: 5, {small}}}]"])
+    records = {json.loads(p.read_text())["labels"]["family"]: json.loads(p.read_text())
+               for p in Path("results").rglob("record.json")}
+    assert result.exit_code == 0, result.output
+    assert len(records) == 5 and all(r["status"] == "ok" for r in records.values())
+    assert all("extrap_ssim" in r["metrics"] and "pred_psnr_t15" in r["metrics"] for r in records.values())
+    for fam, r in records.items():
+        pf, lode = fam.endswith("_pf"), fam.startswith("latent_ode")
+        assert ("interpolate_ssim_best" in r["metrics"]) == (pf or lode), fam
+        assert ("past_ssim" in r["metrics"]) == pf, fam
+        assert ("vp" in r["skipped_metrics"]) == (not pf), fam
