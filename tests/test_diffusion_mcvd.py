@@ -353,3 +353,13 @@ def test_video_suite_end_to_end(workdir):
         assert ("interpolate_ssim_best" in r["metrics"]) == (pf or lode), fam
         assert ("past_ssim" in r["metrics"]) == pf, fam
         assert ("vp" in r["skipped_metrics"]) == (not pf), fam
+    # docs/results.md section 7's tables come from this script on such a run
+    import subprocess
+    import sys
+    run_dir = next(Path("results").glob("video/*"))
+    table = subprocess.run([sys.executable, str(ROOT / "docs" / "scripts" / "video_table.py"), str(run_dir)],
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr
+    for heading in ("Prediction, 5 -> 10", "Interpolation", "Past prediction", "Paired differences"):
+        assert heading in table.stdout
+    assert "| mcvd_spatin_pf |" in table.stdout and "| last context frame repeated |" in table.stdout
