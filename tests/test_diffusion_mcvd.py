@@ -323,6 +323,20 @@ def test_gff_noise_acts_on_the_target_block(tiny_digits):
     assert pred.shape == (2, 4, 1, 16, 16) and torch.isfinite(pred).all()
 
 
+def test_space_time_gff_noise_is_one_field_over_the_target_frames(tiny_digits):
+    """GFF over space-time (issue: "GFF over space-time"): one 3-D field over the k current frames."""
+    fam = build("family", {"name": "mcvd", "past": 2, "current": 3, "T": 50,
+                           "noise": {"name": "gff", "gamma": 1.5, "field": "space_time"},
+                           "network": {"base": 8}, "video_sampler": {"name": "ddim", "steps": 2}}, tiny_digits)
+    assert fam.noise.n_fields == 1 and fam.noise.field == (3, 16, 16)
+    eps = fam.noise.sample(BatchRNG(0, 4000)).double()
+    corr = float(((eps[:, 0] * eps[:, 1]).mean()))  # the same pixel in consecutive frames
+    assert corr > 0.1, corr
+    assert torch.isfinite(fam.loss(tiny_digits.split("train"), BatchRNG(0, 8)))
+    pred = fam.rollout("predict", tiny_digits.split("test")[:, :2], 4, PerSampleRNG.for_indices(0, range(2)))
+    assert pred.shape == (2, 4, 1, 16, 16) and torch.isfinite(pred).all()
+
+
 def test_bad_mcvd_parameters_exit_2(workdir):
     from bench.cli import app
 

@@ -107,6 +107,37 @@ def test_gff_per_channel_video_and_vectors():
     np.testing.assert_allclose(dense_matrix(GFF((2,), 1.0, 1.0).cov, (2,)).numpy(), np.eye(2), atol=1e-14)
 
 
+@pytest.mark.parametrize("gamma,dc", [(1.0, 1.0), (2.0, 0.5)])
+def test_gff_space_time_equals_the_dense_3d_dft_per_channel(gamma, dc):
+    """field: space_time on a (T, C, H, W) clip: per channel, Sigma = W3^-1 diag(h^2) W3 with W3 the
+    explicit 3-D DFT over (T, H, W) (kron of 1-D DFT matrices, independent of the FFT code) and h the
+    3-D filter; channels independent; log det against slogdet; correlated across frames."""
+    t, c, n = 3, 2, 4
+    dft = [np.exp(-2j * np.pi * np.outer(np.arange(m), np.arange(m)) / m) for m in (t, n, n)]
+    w = np.kron(np.kron(dft[0], dft[1]), dft[2])
+    h = gff_filter((t, n, n), gamma, dc).reshape(-1)
+    sigma_field = (np.conj(w) / (t * n * n) @ np.diag(h ** 2) @ w).real
+    g = GFF((t, c, n, n), gamma, dc, field="space_time")
+    got = dense_matrix(g.cov, (t, c, n, n)).numpy()
+    # reorder the flattened (T, C, H, W) index to (C, T, H, W): block diagonal over channels
+    perm = np.arange(t * c * n * n).reshape(t, c, n, n).transpose(1, 0, 2, 3).reshape(-1)
+    by_channel = got[np.ix_(perm, perm)]
+    f = t * n * n
+    for ch in range(c):
+        np.testing.assert_allclose(by_channel[ch * f:(ch + 1) * f, ch * f:(ch + 1) * f], sigma_field, atol=1e-12)
+    assert np.abs(by_channel[:f, f:]).max() < 1e-14                  # channels independent
+    np.testing.assert_allclose(np.diag(got), 1.0, atol=1e-12)       # diag(Sigma) = 1 (E12)
+    assert abs(g.logdet() - np.linalg.slogdet(got)[1]) < 1e-8
+    r = dense_matrix(g.sqrt, (t, c, n, n)).numpy()
+    np.testing.assert_allclose(r @ r, got, atol=1e-12)
+    np.testing.assert_allclose(dense_matrix(g.inv_sqrt, (t, c, n, n)).numpy() @ r, np.eye(len(r)), atol=1e-9)
+    # the same pixel in frames 1 and 2 is correlated (space only: exactly independent)
+    assert got[0, c * n * n] > 0.05
+    assert dense_matrix(GFF((t, c, n, n), gamma, dc).cov, (t, c, n, n)).numpy()[0, c * n * n] == 0
+    with pytest.raises(ValueError, match="space_time needs video"):
+        GFF((c, n, n), gamma, dc, field="space_time")
+
+
 def test_dense_and_diagonal_against_numpy():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 5))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -148,7 +148,7 @@ class Isotropic(NoiseModel):
 
 
 def gff_filter(size: Sequence[int], gamma: float, dc: float) -> np.ndarray:
-    """The normalised GFF filter h over a 1-D or 2-D frequency grid (diffusion-math.md section 5.4).
+    """The normalised GFF filter h over a 1-D, 2-D or 3-D frequency grid (diffusion-math.md section 5.4).
 
     ``|k|`` uses integer frequencies (``fftfreq(n) * n``, symmetric under k -> -k); the DC term,
     undefined in |k|^-gamma (E14), is set to ``|k| = dc > 0`` so Sigma stays positive definite;
@@ -166,23 +166,32 @@ class GFF(PowerNoise):
     """Gaussian free field noise: Sigma = W^-1 diag(h^2) W, with h the filter of :func:`gff_filter`
     (thesis section 6.5; diffusion-math.md section 5). Power spectrum E|FFT(g)|^2 = N h^2 ~ |k|^-2 gamma.
 
-    Fields: images ``(C, H, W)`` and video ``(T, C, H, W)`` are filtered over the last two axes,
-    independently per channel (and frame); vectors ``(D,)`` are treated as a 1-D periodic signal.
-    Operators use ``rfft``/``irfft`` (h is symmetric, so the result is real), O(N log N).
-    ``log det Sigma = (number of fields) * sum_k log h_k^2``.
+    Fields (``field``): with ``space`` (default), images ``(C, H, W)`` and video ``(T, C, H, W)`` are
+    filtered over the last two axes, independently per channel (and frame); vectors ``(D,)`` are
+    treated as a 1-D periodic signal. With ``space_time`` (video only), each channel of a clip is one
+    3-D field over (T, H, W): h is the filter of :func:`gff_filter` on the 3-D frequency grid
+    |k|^2 = k_t^2 + k_h^2 + k_w^2, so the noise is correlated across frames as across pixels (the
+    clip is periodic in time as the frame is in space). Operators use ``rfftn``/``irfftn`` (h is
+    symmetric, so the result is real), O(N log N). ``log det Sigma = (number of fields) * sum_k log h_k^2``.
     """
 
     name = "gff"
 
     def __init__(self, shape: Sequence[int], gamma: Annotated[float, Field(ge=0, le=4)] = 1.0,
-                 dc: Annotated[float, Field(gt=0)] = 1.0):
+                 dc: Annotated[float, Field(gt=0)] = 1.0, field: Literal["space", "space_time"] = "space"):
         super().__init__(shape)
         if dc <= 0:
             raise ValueError(f"gff: dc must be > 0 (the DC term |k|=dc keeps Sigma invertible, E14); got {dc}")
         if gamma < 0:
             raise ValueError(f"gff: gamma must be >= 0, got {gamma}")
         self.gamma, self.dc = float(gamma), float(dc)
-        self.field = self.shape[-1:] if len(self.shape) == 1 else self.shape[-2:]
+        if field == "space_time" and len(self.shape) != 4:
+            raise ValueError(f"gff: field space_time needs video samples (frames, C, H, W), got shape {self.shape}")
+        self.space_time = field == "space_time"
+        if self.space_time:
+            self.field = (self.shape[0], *self.shape[-2:])
+        else:
+            self.field = self.shape[-1:] if len(self.shape) == 1 else self.shape[-2:]
         if min(self.field) < 2:
             raise ValueError(f"gff: the field {self.field} of shape {self.shape} is too small")
         h = gff_filter(self.field, self.gamma, self.dc)
@@ -197,6 +206,10 @@ class GFF(PowerNoise):
         filt = h ** (2 * power)  # h is the spectrum of sqrt(Sigma)
         if len(self.field) == 1:
             return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * filt, n=self.field[0], dim=-1)
+        if self.space_time:  # (B, T, C, H, W) -> (B, C, T, H, W): one 3-D field per channel
+            y = x.movedim(-4, -3)
+            y = torch.fft.irfftn(torch.fft.rfftn(y, dim=(-3, -2, -1)) * filt, s=self.field, dim=(-3, -2, -1))
+            return y.movedim(-3, -4)
         return torch.fft.irfft2(torch.fft.rfft2(x, dim=(-2, -1)) * filt, s=self.field, dim=(-2, -1))
 
     def variances(self) -> torch.Tensor:
@@ -204,7 +217,8 @@ class GFF(PowerNoise):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "gamma": self.gamma, "dc": self.dc, "normalisation": "diag(Sigma)=1",
-                "field_axes": "last" if len(self.field) == 1 else "last two", "per_channel": True,
+                "field_axes": "last" if len(self.field) == 1 else ("frames and the last two" if self.space_time
+                                                                   else "last two"), "per_channel": True,
                 "condition_number": float((self.h_full.max() / self.h_full.min()) ** 2)}
 
 
