@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from bench.types import OmitAtDefault
+
 
 def _prod(shape: Sequence[int]) -> int:
     out = 1
@@ -178,7 +180,7 @@ class GFF(PowerNoise):
     name = "gff"
 
     def __init__(self, shape: Sequence[int], gamma: Annotated[float, Field(ge=0, le=4)] = 1.0,
-                 dc: Annotated[float, Field(gt=0)] = 1.0, field: Literal["space", "space_time"] = "space"):
+                 dc: Annotated[float, Field(gt=0)] = 1.0, field: Annotated[Literal["space", "space_time"], OmitAtDefault()] = "space"):
         super().__init__(shape)
         if dc <= 0:
             raise ValueError(f"gff: dc must be > 0 (the DC term |k|=dc keeps Sigma invertible, E14); got {dc}")

@@ -48,6 +48,7 @@ from pydantic import Field
 from bench.context import MetricSkipped
 from bench.errors import UserError
 from bench.store import content_key
+from bench.types import OmitAtDefault
 
 from . import bootstrap
 from .common import OTHER_SPLIT, fixed_subset, real_sets, tensor_digest
@@ -100,8 +101,8 @@ class FVD:
                  reference_split: Literal["train", "test"] | None = None,
                  reference_num_samples: Annotated[int, Field(gt=1)] | None = None,
                  bootstrap: Annotated[int, Field(ge=0)] = 200, key: str | None = None,
-                 task: Literal["predict", "interpolate", "past", "generate"] = "predict",
-                 future_frames: Annotated[int, Field(gt=0)] | None = None, context=None):
+                 task: Annotated[Literal["predict", "interpolate", "past", "generate"], OmitAtDefault()] = "predict",
+                 future_frames: Annotated[int, Field(gt=0), OmitAtDefault()] | None = None, context=None):
         self.extractor = context.build("feature_extractor", extractor)
         if getattr(self.extractor, "modality", None) != "video":
             raise UserError(f"fvd needs a video feature extractor (moving-digits-classifier, i3d), got "

@@ -73,6 +73,7 @@ from pydantic import Field
 from bench.context import MetricSkipped
 from bench.rng import PerSampleRNG
 from bench.stats import t_interval
+from bench.types import OmitAtDefault
 
 from .common import fixed_subset
 
@@ -251,8 +252,8 @@ class VideoMetrics:
                  num_videos: Annotated[int, Field(gt=0)] | None = 64,
                  batch_size: Annotated[int, Field(gt=0)] = 16, split: Literal["train", "test"] = "test",
                  trajectories: Annotated[int, Field(gt=0)] = 1,
-                 task: Literal["predict", "interpolate", "past"] = "predict",
-                 future_frames: Annotated[int, Field(gt=0)] | None = None):
+                 task: Annotated[Literal["predict", "interpolate", "past"], OmitAtDefault()] = "predict",
+                 future_frames: Annotated[int, Field(gt=0), OmitAtDefault()] | None = None):
         self.context_frames, self.context_stride, self.horizon = context_frames, context_stride, horizon
         self.num_videos, self.batch_size, self.split = num_videos, batch_size, split
         self.trajectories, self.task, self.future_frames = trajectories, task, future_frames
