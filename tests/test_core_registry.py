@@ -82,8 +82,8 @@ def test_schedule_and_noise_defaults_and_bounds_live_in_the_class(manager):
     regs = manager.registries
     assert regs.schedule.entry("linear").load() is Linear and regs.schedule.entry("karras").load() is Karras
     gff = regs.noise.entry("gff").signature().parameters
-    assert list(gff) == ["gamma", "dc"]  # shape comes from the build context (from_context), not the suite
-    assert all(gff[k].default == inspect.signature(GFF).parameters[k].default for k in ("gamma", "dc"))
+    assert list(gff) == ["gamma", "dc", "field"]  # shape comes from the build context (from_context), not the suite
+    assert all(gff[k].default == inspect.signature(GFF).parameters[k].default for k in ("gamma", "dc", "field"))
     assert regs.schedule.resolve("karras", {})["rho"] == 7.0
     for kind, name, params in (("schedule", "linear", {"beta_max": 2}), ("schedule", "karras", {"rho": 0}),
                                ("schedule", "geometric", {"sigma_max": "big"}), ("noise", "gff", {"gamma": 5})):
