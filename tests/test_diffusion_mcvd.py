@@ -377,3 +377,7 @@ def test_video_suite_end_to_end(workdir):
     for heading in ("Prediction, 5 -> 10", "Interpolation", "Past prediction", "Paired differences"):
         assert heading in table.stdout
     assert "| mcvd_spatin_pf |" in table.stdout and "| last context frame repeated |" in table.stdout
+    diag = subprocess.run([sys.executable, str(ROOT / "docs" / "scripts" / "mcvd_diagnose.py"), str(run_dir),
+                           ".bench-store"], capture_output=True, text=True, timeout=300)
+    assert diag.returncode == 0, diag.stderr
+    assert diag.stdout.count("| mcvd_") == 4 and "no checkpoint" not in diag.stdout and "blank frame" in diag.stdout
