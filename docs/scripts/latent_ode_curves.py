@@ -12,8 +12,10 @@ section (warm-up, clipping, EMA, batches). The evaluation hooks into the trainer
 and after the last step, with the resumable state (:mod:`bench.train_state`): the family's weights
 (``raw``) and the EMA weights (``ema``). Each is evaluated on a copy of the family with the
 ``video`` metric (bench_metrics/video.py) on the fixed subset of ``--videos`` test videos that metric
-draws; evaluation reads no random state of the training, so the weights at the last step are
-those of a ``bench run`` of the same case with the same threads. ``train_s`` is the training time
+draws, in batches of the case's ``video`` metric's ``batch_size`` (``--batch-size``: another, which
+changes the scores in the last float digits only); evaluation reads no random state of the
+training, so the weights at the last step are those of a ``bench run`` of the same case with the
+same threads. ``train_s`` is the training time
 without the evaluations. The blank (black) frame's extrapolation SSIM and MSE on the same videos,
 through the same per-frame functions, is drawn as the reference line. ``_frames.png``: test videos
 1-3, true frames and the last evaluated model's (EMA weights when the case keeps them).
@@ -56,14 +58,14 @@ def load_case(suite: Path, case_id: str | None, overrides: list[str]):
     return regs, chosen[0]
 
 
-def evaluate(family, dataset, seed: int, videos: int, workdir: Path) -> dict[str, float]:
+def evaluate(family, dataset, seed: int, videos: int, batch_size: int, workdir: Path) -> dict[str, float]:
     """The ``video`` metric (10 context frames, the rest extrapolated) of ``family`` on ``videos``
     test videos. ``family`` must be a fresh object: the metric keeps its predictions per family."""
     from bench.context import MetricContext
     from bench_metrics.video import VideoMetrics
 
     ctx = MetricContext(None, dataset, family, None, {}, seed, None, workdir, None, None)
-    out = VideoMetrics(num_videos=videos, batch_size=50).compute(ctx)
+    out = VideoMetrics(num_videos=videos, batch_size=batch_size).compute(ctx)
     return {k: out[k] for k in KEYS}
 
 
@@ -81,7 +83,7 @@ def blank_frame(dataset, videos: int) -> dict[str, float]:
 
 
 def run(suite: Path, case_id: str | None, overrides: list[str], every: int, videos: int,
-        threads: int | None) -> dict[str, Any]:
+        threads: int | None, batch_size: int | None = None) -> dict[str, Any]:
     from bench import trainer
     from bench.context import BuildContext
     from bench.rng import derive_seed
@@ -89,6 +91,8 @@ def run(suite: Path, case_id: str | None, overrides: list[str], every: int, vide
 
     regs, case = load_case(suite, case_id, overrides)
     threads = threads or case.threads
+    video = next((m for m in case.metrics if m.get("name") == "video"), {})
+    batch_size = batch_size or video.get("batch_size", 16)  # the case's (16: the metric's default)
     torch.set_num_threads(threads)  # as the runner: the case's threads (they change float reductions)
     tmp = Path(tempfile.mkdtemp(prefix="latent-ode-curves-"))
     store = Store(tmp / "store")
@@ -116,7 +120,7 @@ def run(suite: Path, case_id: str | None, overrides: list[str], every: int, vide
                         p.copy_(e)
             model.eval()
             final["model"] = model
-            scores = evaluate(model, dataset, case.sample_seed, videos, tmp)
+            scores = evaluate(model, dataset, case.sample_seed, videos, batch_size, tmp)
             loss = state["curve"][-1][1] if state["curve"] else float("nan")
             rows.append({"step": state["step"], "weights": which,
                          "train_s": train_s,
@@ -129,7 +133,7 @@ def run(suite: Path, case_id: str | None, overrides: list[str], every: int, vide
     out = trainer.train(family, dataset, cfg, case.seed, lambda it, **kw: it, lambda where: None,
                         save=save)
     return {"suite": str(suite), "case": case.id, "family": case.family, "train": case.train,
-            "seed": case.seed, "threads": threads, "videos": videos, "every": every,
+            "seed": case.seed, "threads": threads, "videos": videos, "eval_batch_size": batch_size, "every": every,
             "train_time_s_with_evals": out["train_time_s"], "eval_s": spent["eval_s"],
             "loadavg_start": load_before, "loadavg_end": os.getloadavg(),
             "blank_frame": blank_frame(dataset, videos), "rows": rows,
@@ -211,9 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=100, help="evaluate every N training steps")
     p.add_argument("--videos", type=int, default=50, help="test videos per evaluation")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the case's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="videos per model call in the evaluation (default: the case's video metric's)")
     p.add_argument("--out", type=Path, required=True, help="output path without suffix: .json, .csv, .png")
     args = p.parse_args(argv)
-    result = run(args.suite, args.case, args.overrides, args.every, args.videos, args.threads)
+    result = run(args.suite, args.case, args.overrides, args.every, args.videos, args.threads, args.batch_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({k: v for k, v in result.items() if k != "frames"},
                                                         indent=1, default=str))
