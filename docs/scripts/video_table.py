@@ -3,7 +3,10 @@ thesis's Table 7.3 / 7.9 (prediction 5 -> 10), 7.8 (interpolation), past predict
 (generation), with reference predictors scored by the same metric code on the same test clips,
 and paired differences between the families on those clips.
 
-    python docs/scripts/video_table.py RUN_DIR     # results/video/<stamp> of `bench run suites/video.yaml`
+    python docs/scripts/video_table.py RUN_DIR [RUN_DIR ...]   # results/video/<stamp> of `bench run suites/video.yaml`
+
+Several run directories (e.g. one case rerun on its own) are read in order; a family's later finished
+case replaces an earlier one.
 
 Intervals: FVD's is the metric's bootstrap interval; the others are 95% Student-t intervals over
 the test clips (a clip's value is its mean over the task's frames and the trajectories), from the
@@ -82,19 +85,19 @@ def fmt_ci(x: np.ndarray, digits: int = 3) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("run", type=Path, help="a run directory of suites/video.yaml (results/video/<stamp>)")
+    p.add_argument("runs", type=Path, nargs="+", help="run directories of suites/video.yaml (results/video/<stamp>)")
     args = p.parse_args()
     from bench.stats import benjamini_hochberg, paired_difference
     from bench_data.moving_digits import MovingDigits
 
     torch.set_num_threads(1)
     cases = {}
-    for rec_path in sorted(args.run.glob("cases/*/record.json")):
+    for rec_path in [p for run in args.runs for p in sorted(run.glob("cases/*/record.json"))]:
         rec = json.loads(rec_path.read_text())
         if rec["status"] == "ok":
             cases[rec["labels"]["family"]] = (rec, rec_path.parent / "artifacts")
     if not cases:
-        raise SystemExit(f"no finished case under {args.run}")
+        raise SystemExit(f"no finished case under {', '.join(map(str, args.runs))}")
     ds_cfg = next(iter(cases.values()))[0]["config"]["dataset"]
     ds = MovingDigits(**{k: v for k, v in ds_cfg.items() if k not in ("name", "id")})
     values: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # task -> row -> per-clip values
