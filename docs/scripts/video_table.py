@@ -51,6 +51,7 @@ def per_clip(path: Path, part: str) -> dict[str, np.ndarray] | None:
         by = np.array([[float(r[f"{part}_{m}"]) for r in rows if int(r["clip"]) == c] for c in clips])
         out[m] = by.mean(1)
         out[f"{m}_best"] = by.min(1) if m == "mse" else by.max(1)
+    out["trajectories"] = np.array(by.shape[1])
     return out
 
 
@@ -119,8 +120,8 @@ def main() -> None:
                  "past": "Past prediction of 5 frames before 5 (the past-future models)"}[task]
         print(f"\n### {title}\n")
         fvd = task == "predict"
-        print("| model | " + ("FVD (local) [95% CI] | " if fvd else "") + "SSIM best of 3 | SSIM [95% CI] | "
-              "PSNR best of 3 | PSNR [95% CI] | MSE [95% CI] |")
+        print("| model | " + ("FVD (local) [95% CI] | " if fvd else "") + "SSIM best of K | SSIM [95% CI] | "
+              "PSNR best of K | PSNR [95% CI] | MSE [95% CI] |")
         print("|---|" + ("---|" if fvd else "") + "---|---|---|---|---|")
         for name, v in rows.items():
             cells = []
@@ -131,8 +132,9 @@ def main() -> None:
             cells += [f"{v['ssim_best'].mean():.3f}" if best else "-", fmt_ci(v["ssim"]),
                       f"{v['psnr_best'].mean():.2f}" if best else "-", fmt_ci(v["psnr"], 2), fmt_ci(v["mse"], 4)]
             print(f"| {name} | " + " | ".join(cells) + " |")
-        print(f"\n{len(clips)} test clips; families: 3 trajectories each (the latent ODE is deterministic: "
-              "best = mean); references: one prediction.")
+        ks = sorted({int(v["trajectories"]) for v in rows.values() if "trajectories" in v})
+        print(f"\n{len(clips)} test clips; families: {'/'.join(map(str, ks))} trajectories each (a deterministic "
+              "family's best equals its mean); references: one prediction.")
         if fvd:
             floor = {round(c[0]['metrics']['fvd_floor'], 4) for c in cases.values() if 'fvd_floor' in c[0]['metrics']}
             print(f"FVD floor (the true clips of the same test videos): {', '.join(map(str, sorted(floor)))}.")
