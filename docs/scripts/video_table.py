@@ -148,8 +148,8 @@ def main() -> None:
             print(f"| {fam} | {m['fvd_generate']:.2f} [{m['fvd_generate_ci_lo']:.2f}, {m['fvd_generate_ci_hi']:.2f}] | "
                   f"{m['fvd_generate_floor']:.3f} |")
 
-    pairs = [(t, a, b) for t, rows in values.items() for a in rows for b in rows
-             if a < b and (a in cases or b in cases)]
+    pairs = [(t, a, b) for t, rows in values.items() for a in rows if a in cases for b in rows
+             if (b in cases and a < b) or b not in cases]  # family - family, family - reference
     diffs = [(t, a, b, paired_difference(values[t][a]["ssim"], values[t][b]["ssim"])) for t, a, b in pairs]
     if diffs:
         q = benjamini_hochberg([d.p for *_, d in diffs])
