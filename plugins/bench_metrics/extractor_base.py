@@ -83,3 +83,17 @@ def cached_sha256(path: str | Path) -> str:
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = file_sha256(Path(path))
     return _SHA_CACHE[key]
+
+
+def trained_once(store: Any, kind: str, key: str, train: Any, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The store entry of a locally trained model under ``key``, trained at most once across
+    processes (under the store's lock): ``train()`` returns ``(save, log)``, ``save(dir)`` writing
+    the weights; the entry's meta is ``meta`` with ``log``. Returns (entry directory, log with
+    ``trained_now``), the log read back from the store's meta when the model was cached."""
+    with store.lock(kind, key):
+        entry = store.get(kind, key)
+        if entry is not None:
+            return entry, {**store.meta(kind, key), "trained_now": False}
+        save, log = train()
+        entry = store.put(kind, key, save, meta={**meta, **log})
+        return entry, {**log, "trained_now": True}

@@ -34,7 +34,7 @@ from bench.store import content_key
 
 from . import digits_classifier as dc
 from .common import tensor_digest
-from .extractor_base import FidelityExtractor, cached_sha256, preprocessing, to_uint8_rgb
+from .extractor_base import FidelityExtractor, cached_sha256, preprocessing, to_uint8_rgb, trained_once
 from .inception import InceptionV3
 
 __all__ = ["FidelityExtractor", "InceptionV3", "DigitsClassifier", "RandomProjection", "CallableExtractor", "auto",
@@ -90,23 +90,22 @@ class DigitsClassifier(FidelityExtractor):
         register_with_torch_fidelity()
         if self.weights_path is not None:
             return
-        store = self.context.store
         self.key = self.cache_key()
-        with store.lock(STORE_KIND, self.key):
-            entry = store.get(STORE_KIND, self.key)
-            if entry is None:
-                model, log = self.train_model()
-                log["test_accuracy"] = dc.accuracy(model, self._u8("test"), self.dataset.labels("test"))
-                log["train_accuracy"] = dc.accuracy(model, self._u8("train"), self.dataset.labels("train"))
-                payload = {"arch": self.arch, "state_dict": model.state_dict()}
-                entry = store.put(STORE_KIND, self.key, lambda d: torch.save(payload, d / "weights.pt"),
-                                  meta={"extractor": self.name, "arch": self.arch, "train": self.train_cfg,
-                                        "dataset": self.info.name, **log})
-                self.context.log(f"digits-classifier: trained in {log['train_seconds']:.1f} s, "
-                                 f"test accuracy {log['test_accuracy']:.4f} (cached as {self.key[:12]})")
-                self.info_log = {**log, "trained_now": True}
-            else:
-                self.info_log = {**store.meta(STORE_KIND, self.key), "trained_now": False}
+
+        def train():
+            model, log = self.train_model()
+            log["test_accuracy"] = dc.accuracy(model, self._u8("test"), self.dataset.labels("test"))
+            log["train_accuracy"] = dc.accuracy(model, self._u8("train"), self.dataset.labels("train"))
+            payload = {"arch": self.arch, "state_dict": model.state_dict()}
+            return (lambda d: torch.save(payload, d / "weights.pt")), log
+
+        entry, self.info_log = trained_once(self.context.store, STORE_KIND, self.key, train,
+                                            {"extractor": self.name, "arch": self.arch, "train": self.train_cfg,
+                                             "dataset": self.info.name})
+        if self.info_log["trained_now"]:
+            log = self.info_log
+            self.context.log(f"digits-classifier: trained in {log['train_seconds']:.1f} s, "
+                             f"test accuracy {log['test_accuracy']:.4f} (cached as {self.key[:12]})")
         self.weights_path = str(entry / "weights.pt")
 
     def _u8(self, split: str) -> torch.Tensor:

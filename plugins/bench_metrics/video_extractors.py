@@ -56,7 +56,7 @@ from . import i3d_net
 from . import video_classifier as vc
 from .common import tensor_digest
 from .digits_classifier import threads
-from .extractor_base import cached_sha256, preprocessing, to_uint8_rgb
+from .extractor_base import cached_sha256, preprocessing, to_uint8_rgb, trained_once
 
 STORE_KIND = "feature_extractors"
 I3D_ENV = "BENCH_I3D_WEIGHTS"
@@ -150,23 +150,21 @@ class MovingDigitsClassifier(VideoExtractor):
     def prepare(self) -> None:
         if self.model is not None:
             return
-        store = self.context.store
         self.key = self.cache_key()
-        with store.lock(STORE_KIND, self.key):
-            entry = store.get(STORE_KIND, self.key)
-            if entry is None:
-                model, log = vc.train(self._u8("train"), *self._labels("train"), self.arch, self.train_cfg)
-                log.update({f"test_{k}": v for k, v in vc.accuracy(model, self._u8("test"),
-                                                                     *self._labels("test")).items()})
-                entry = store.put(STORE_KIND, self.key, lambda d: torch.save(model.state_dict(), d / "weights.pt"),
-                                  meta={"extractor": self.name, "arch": self.arch, "train": self.train_cfg,
-                                        "dataset": self.info.name, **log})
-                self.context.log(f"{self.name}: trained in {log['train_seconds']:.1f} s, held-out accuracy digit "
-                                 f"{log['test_digit_accuracy']:.3f} (chance 0.1), direction "
-                                 f"{log['test_direction_accuracy']:.3f} (chance 0.125) (cached as {self.key[:12]})")
-                self.info_log = {**log, "trained_now": True}
-            else:
-                self.info_log = {**store.meta(STORE_KIND, self.key), "trained_now": False}
+
+        def train():
+            model, log = vc.train(self._u8("train"), *self._labels("train"), self.arch, self.train_cfg)
+            log.update({f"test_{k}": v for k, v in vc.accuracy(model, self._u8("test"), *self._labels("test")).items()})
+            return (lambda d: torch.save(model.state_dict(), d / "weights.pt")), log
+
+        entry, self.info_log = trained_once(self.context.store, STORE_KIND, self.key, train,
+                                            {"extractor": self.name, "arch": self.arch, "train": self.train_cfg,
+                                             "dataset": self.info.name})
+        if self.info_log["trained_now"]:
+            log = self.info_log
+            self.context.log(f"{self.name}: trained in {log['train_seconds']:.1f} s, held-out accuracy digit "
+                             f"{log['test_digit_accuracy']:.3f} (chance 0.1), direction "
+                             f"{log['test_direction_accuracy']:.3f} (chance 0.125) (cached as {self.key[:12]})")
         model = vc.MovingDigitsCNN(**self.arch)
         model.load_state_dict(torch.load(entry / "weights.pt", map_location="cpu", weights_only=True))
         self.model = model.eval()
